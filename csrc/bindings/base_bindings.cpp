@@ -1,0 +1,77 @@
+// Bindings for csrc/base: CPU features, SIMD level control, threads, half conversions.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "base/cpu_features.h"
+#include "base/half.h"
+#include "base/parallel.h"
+#include "bindings/numpy_views.h"
+
+namespace ecomllm::bindings {
+namespace {
+
+// Elementwise conversion of a contiguous array; uint16 input is accepted as the bit pattern of
+// a 16-bit float type.
+template <typename In, typename Out, typename Fn>
+py::array_t<Out> convert_array(const py::array& x, DType in_dtype, Fn convert) {
+  TensorView v;
+  if (sizeof(In) == 2 && x.dtype().is(py::dtype::of<uint16_t>())) {
+    ECOM_CHECK_ARG(x.flags() & py::array::c_style, "x: expected a C-contiguous array");
+    v.data = const_cast<void*>(x.data());
+    v.ndim = static_cast<int>(x.ndim());
+    for (int i = 0; i < v.ndim; ++i) v.shape[i] = x.shape(i);
+  } else {
+    v = expect_array(x, in_dtype, -1, "x");
+  }
+  auto out = new_array<Out>(std::vector<int64_t>(v.shape.begin(), v.shape.begin() + v.ndim));
+  const In* src = static_cast<const In*>(v.data);
+  Out* dst = out.mutable_data();
+  const int64_t n = v.numel();
+  {
+    py::gil_scoped_release release;
+    for (int64_t i = 0; i < n; ++i) dst[i] = convert(src[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_base(py::module_& m) {
+  m.def("cpu_features", [] {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    d["avx512f"] = f.avx512f;
+    d["avx512bw"] = f.avx512bw;
+    d["avx512vl"] = f.avx512vl;
+    d["avx512dq"] = f.avx512dq;
+    d["avx512_bf16"] = f.avx512_bf16;
+    d["avx512_vnni"] = f.avx512_vnni;
+    d["avx512_vbmi"] = f.avx512_vbmi;
+    d["os_avx"] = f.os_avx;
+    d["os_avx512"] = f.os_avx512;
+    d["best_level"] = simd_level_name(f.best_level());
+    return d;
+  }, "CPU features detected with cpuid/xgetbv, and the best SIMD level usable here.");
+  m.def("simd_level", [] { return std::string(simd_level_name(simd_level())); },
+        "The SIMD level kernels use now: 'scalar', 'avx2' or 'avx512'.");
+  m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); }, py::arg("level"),
+        "Force a SIMD level (ValueError if this CPU cannot run it). Also settable with ECOMLLM_CPU.");
+  m.def("max_threads", &max_threads, "OpenMP threads kernels use (OMP_NUM_THREADS).");
+
+  // Half conversions (used by tests against numpy/torch, and by the Python facade for bf16 input).
+  // bf16 travels as its uint16 bit pattern because numpy has no bfloat16 dtype.
+  m.def("f32_to_bf16", [](const py::array& x) { return convert_array<float, uint16_t>(x, DType::F32, f32_to_bf16); },
+        py::arg("x"), "float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept.");
+  m.def("bf16_to_f32", [](const py::array& x) { return convert_array<uint16_t, float>(x, DType::BF16, bf16_to_f32); },
+        py::arg("x"), "bfloat16 bit patterns (uint16 or ml_dtypes.bfloat16) -> float32 (exact).");
+  m.def("f32_to_f16", [](const py::array& x) { return convert_array<float, uint16_t>(x, DType::F32, f32_to_f16); },
+        py::arg("x"), "float32 -> float16 bit patterns (uint16), round to nearest even.");
+  m.def("f16_to_f32", [](const py::array& x) { return convert_array<uint16_t, float>(x, DType::F16, f16_to_f32); },
+        py::arg("x"), "float16 (or its uint16 bit patterns) -> float32 (exact).");
+}
+
+}  // namespace ecomllm::bindings

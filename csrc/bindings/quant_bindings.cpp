@@ -1,0 +1,276 @@
+// Bindings for csrc/quant: NF4 quantize / dequantize, double quantization, fused matmuls.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+
+#include "base/buffer.h"
+#include "base/half.h"
+#include "bindings/numpy_views.h"
+#include "quant/nf4.h"
+#include "quant/nf4_matmul.h"
+
+namespace ecomllm::bindings {
+namespace {
+
+using quant::NF4Matrix;
+
+void expect_finite(const float* p, int64_t n, const char* what) {
+  for (int64_t i = 0; i < n; ++i)
+    ECOM_CHECK_ARG(std::isfinite(p[i]), what, ": value ", i, " is not finite (", p[i], ")");
+}
+
+// The input of quantize as a view: float32, float16, ml_dtypes.bfloat16, or uint16 bf16 bits.
+TensorView quantize_input(const py::array& x, bool bf16_bits) {
+  if (bf16_bits) {
+    ECOM_CHECK_ARG(x.dtype().is(py::dtype::of<uint16_t>()), "x: bf16_bits=True expects a uint16 array, got ",
+                   std::string(py::str(x.dtype())));
+    ECOM_CHECK_ARG(x.flags() & py::array::c_style, "x: expected a C-contiguous array");
+    TensorView v;
+    v.data = const_cast<void*>(x.data());
+    v.dtype = DType::BF16;
+    v.ndim = static_cast<int>(x.ndim());
+    for (int i = 0; i < v.ndim; ++i) v.shape[i] = x.shape(i);
+    return TensorView::contiguous(v.data, DType::BF16, {v.numel()});
+  }
+  TensorView v = view_of(x, "x");
+  ECOM_CHECK_ARG(v.dtype == DType::F32 || v.dtype == DType::F16 || v.dtype == DType::BF16,
+                 "x: expected float32, float16 or bfloat16, got ", dtype_name(v.dtype));
+  return v;
+}
+
+// Owns references to the numpy arrays of one NF4 weight and a core view over them.
+class PyNF4Matrix {
+ public:
+  PyNF4Matrix(py::array packed, int64_t rows, int64_t cols, int64_t blocksize, py::array code,
+              std::optional<py::array> absmax, std::optional<py::array> qabsmax,
+              std::optional<py::array> nested_absmax, std::optional<py::array> nested_code, double offset)
+      : packed_(std::move(packed)), code_(std::move(code)) {
+    ECOM_CHECK_ARG(rows > 0 && cols > 0, "shape must be positive, got (", rows, ", ", cols, ")");
+    ECOM_CHECK_ARG(quant::nf4_blocksize_valid(blocksize), "blocksize must be a power of two in [32, 4096], got ", blocksize);
+    m_.rows = rows;
+    m_.cols = cols;
+    m_.blocksize = blocksize;
+    const int64_t n = rows * cols, nb = m_.num_blocks();
+    const TensorView pv = view_of(packed_, "packed");
+    pv.expect_dtype(DType::U8, "packed");
+    ECOM_CHECK_ARG(pv.numel() == quant::nf4_packed_bytes(n), "packed: expected ", quant::nf4_packed_bytes(n),
+                   " bytes for shape (", rows, ", ", cols, "), got ", pv.numel());
+    m_.packed = pv.ptr<const uint8_t>();
+    const TensorView cv = expect_array(code_, DType::F32, 1, "quant_map");
+    ECOM_CHECK_ARG(cv.numel() == 16, "quant_map: expected 16 values, got ", cv.numel());
+    expect_finite(cv.ptr<const float>(), 16, "quant_map");
+    m_.code = cv.ptr<const float>();
+    ECOM_CHECK_ARG(absmax.has_value() != qabsmax.has_value(), "give exactly one of absmax or qabsmax");
+    if (absmax) {
+      absmax_ = *absmax;
+      const TensorView av = expect_array(absmax_, DType::F32, 1, "absmax");
+      ECOM_CHECK_ARG(av.numel() == nb, "absmax: expected ", nb, " blocks, got ", av.numel());
+      expect_finite(av.ptr<const float>(), nb, "absmax");
+      m_.absmax = av.ptr<const float>();
+    } else {
+      ECOM_CHECK_ARG(nested_absmax && nested_code, "double quantization needs nested_absmax and nested_quant_map");
+      qabsmax_ = *qabsmax;
+      nested_absmax_ = *nested_absmax;
+      nested_code_ = *nested_code;
+      const TensorView qv = expect_array(qabsmax_, DType::U8, 1, "absmax (8-bit)");
+      ECOM_CHECK_ARG(qv.numel() == nb, "absmax (8-bit): expected ", nb, " blocks, got ", qv.numel());
+      const int64_t nn = (nb + quant::kNestedBlocksize - 1) / quant::kNestedBlocksize;
+      const TensorView nv = expect_array(nested_absmax_, DType::F32, 1, "nested_absmax");
+      ECOM_CHECK_ARG(nv.numel() == nn, "nested_absmax: expected ", nn, " values, got ", nv.numel());
+      expect_finite(nv.ptr<const float>(), nn, "nested_absmax");
+      const TensorView ncv = expect_array(nested_code_, DType::F32, 1, "nested_quant_map");
+      ECOM_CHECK_ARG(ncv.numel() == 256, "nested_quant_map: expected 256 values, got ", ncv.numel());
+      expect_finite(ncv.ptr<const float>(), 256, "nested_quant_map");
+      ECOM_CHECK_ARG(std::isfinite(offset), "nested_offset is not finite");
+      m_.qabsmax = qv.ptr<const uint8_t>();
+      m_.nested_absmax = nv.ptr<const float>();
+      m_.nested_code = ncv.ptr<const float>();
+      m_.offset = static_cast<float>(offset);
+    }
+    m_.validate();
+  }
+
+  // x [..., K] float32 or bfloat16 -> y [..., N] float32.
+  py::array_t<float> matmul(const py::array& x, std::optional<py::array> bias, bool bf16_bits) const {
+    const TensorView xv = activation_view(x, bf16_bits, m_.cols, "x");
+    const float* bias_ptr = nullptr;
+    if (bias) {
+      const TensorView bv = expect_array(*bias, DType::F32, 1, "bias");
+      ECOM_CHECK_ARG(bv.numel() == m_.rows, "bias: expected ", m_.rows, " values, got ", bv.numel());
+      bias_ptr = bv.ptr<const float>();
+    }
+    const int64_t M = xv.numel() / m_.cols;
+    std::vector<int64_t> out_shape(xv.shape.begin(), xv.shape.begin() + xv.ndim);
+    out_shape.back() = m_.rows;
+    auto y = new_array<float>(out_shape);
+    float* y_ptr = y.mutable_data();
+    {
+      py::gil_scoped_release release;
+      AlignedBuffer converted;
+      const float* x_ptr = as_f32(xv, converted);
+      quant::nf4_matmul(x_ptr, M, m_, bias_ptr, y_ptr);
+    }
+    return y;
+  }
+
+  // dy [..., N] float32 or bfloat16 -> dx [..., K] float32.
+  py::array_t<float> matmul_t(const py::array& dy, bool bf16_bits) const {
+    const TensorView dv = activation_view(dy, bf16_bits, m_.rows, "dy");
+    const int64_t M = dv.numel() / m_.rows;
+    std::vector<int64_t> out_shape(dv.shape.begin(), dv.shape.begin() + dv.ndim);
+    out_shape.back() = m_.cols;
+    auto dx = new_array<float>(out_shape);
+    float* dx_ptr = dx.mutable_data();
+    {
+      py::gil_scoped_release release;
+      AlignedBuffer converted;
+      const float* dy_ptr = as_f32(dv, converted);
+      quant::nf4_matmul_t(dy_ptr, M, m_, dx_ptr);
+    }
+    return dx;
+  }
+
+  py::array_t<float> dequantize() const {
+    auto out = new_array<float>({m_.rows, m_.cols});
+    float* dst = out.mutable_data();
+    py::gil_scoped_release release;
+    std::vector<float> scales(m_.num_blocks());
+    m_.block_scales(0, m_.num_blocks(), scales.data());
+    quant::nf4_dequantize(m_.packed, scales.data(), m_.code, m_.numel(), m_.blocksize, dst);
+    return out;
+  }
+
+  py::array_t<float> block_scales() const {
+    auto out = new_array<float>({m_.num_blocks()});
+    m_.block_scales(0, m_.num_blocks(), out.mutable_data());
+    return out;
+  }
+
+  int64_t rows() const { return m_.rows; }
+  int64_t cols() const { return m_.cols; }
+
+ private:
+  static TensorView activation_view(const py::array& a, bool bf16_bits, int64_t last_dim, const char* what) {
+    TensorView v;
+    if (bf16_bits) {
+      ECOM_CHECK_ARG(a.dtype().is(py::dtype::of<uint16_t>()), what, ": bf16_bits=True expects uint16 bit patterns");
+      ECOM_CHECK_ARG(a.flags() & py::array::c_style, what, ": expected a C-contiguous array");
+      v.data = const_cast<void*>(a.data());
+      v.dtype = DType::BF16;
+      v.ndim = static_cast<int>(a.ndim());
+      for (int i = 0; i < v.ndim; ++i) v.shape[i] = a.shape(i);
+    } else {
+      v = view_of(a, what);
+      ECOM_CHECK_ARG(v.dtype == DType::F32 || v.dtype == DType::BF16, what, ": expected float32 or bfloat16, got ",
+                     dtype_name(v.dtype));
+    }
+    ECOM_CHECK_ARG(v.ndim >= 1 && v.shape[v.ndim - 1] == last_dim, what, ": expected shape (..., ", last_dim,
+                   "), got ", v.shape_str());
+    ECOM_CHECK_ARG(v.numel() > 0, what, ": is empty");
+    return v;
+  }
+
+  // fp32 pointer to the activations; bf16 input is widened into `storage` (exact).
+  static const float* as_f32(const TensorView& v, AlignedBuffer& storage) {
+    if (v.dtype == DType::F32) return v.ptr<const float>();
+    storage = AlignedBuffer(sizeof(float) * v.numel());
+    const uint16_t* src = v.ptr<const uint16_t>();
+    float* dst = storage.as<float>();
+    for (int64_t i = 0; i < v.numel(); ++i) dst[i] = bf16_to_f32(src[i]);
+    return dst;
+  }
+
+  NF4Matrix m_;
+  py::array packed_, code_, absmax_, qabsmax_, nested_absmax_, nested_code_;
+};
+
+}  // namespace
+
+void bind_quant(py::module_& m) {
+  m.def("nf4_codebook", [] {
+    auto out = new_array<float>({16});
+    std::copy(quant::kNF4Codebook, quant::kNF4Codebook + 16, out.mutable_data());
+    return out;
+  }, "The 16 NF4 code values (bitsandbytes quant_map).");
+  m.def("dynamic_map_8bit", [] {
+    auto out = new_array<float>({256});
+    std::copy(quant::dynamic_map_8bit(), quant::dynamic_map_8bit() + 256, out.mutable_data());
+    return out;
+  }, "bitsandbytes' signed 8-bit dynamic map (create_dynamic_map()), used for double quantization.");
+
+  m.def("nf4_quantize", [](const py::array& x, int64_t blocksize, bool bf16_bits) {
+    const TensorView v = quantize_input(x, bf16_bits);
+    const int64_t n = v.numel();
+    ECOM_CHECK_ARG(n > 0, "x: is empty");
+    ECOM_CHECK_ARG(quant::nf4_blocksize_valid(blocksize), "blocksize must be a power of two in [32, 4096], got ", blocksize);
+    auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(n)});
+    auto absmax = new_array<float>({quant::nf4_num_blocks(n, blocksize)});
+    uint8_t* p = packed.mutable_data();
+    float* a = absmax.mutable_data();
+    {
+      py::gil_scoped_release release;
+      quant::nf4_quantize(v, blocksize, p, a);
+    }
+    return py::make_tuple(packed, absmax);
+  }, py::arg("x"), py::arg("blocksize") = 64, py::arg("bf16_bits") = false,
+     "Blockwise NF4 quantization (bitsandbytes rules). Returns (packed uint8[(n+1)//2], absmax float32[nblocks]).");
+
+  m.def("absmax_mean", [](const py::array& absmax) {
+    const TensorView v = expect_array(absmax, DType::F32, 1, "absmax");
+    return quant::absmax_mean(v.ptr<const float>(), v.numel());
+  }, py::arg("absmax"), "Double-quantization offset: mean of absmax (exact mean rounded to float32).");
+
+  m.def("quantize_blockwise_8bit", [](const py::array& x, int64_t blocksize, const py::array& code) {
+    const TensorView xv = expect_array(x, DType::F32, 1, "x");
+    const TensorView cv = expect_array(code, DType::F32, 1, "code");
+    ECOM_CHECK_ARG(cv.numel() == 256, "code: expected 256 values, got ", cv.numel());
+    ECOM_CHECK_ARG(blocksize > 0, "blocksize must be positive");
+    auto q = new_array<uint8_t>({xv.numel()});
+    auto absmax = new_array<float>({quant::nf4_num_blocks(xv.numel(), blocksize)});
+    uint8_t* qp = q.mutable_data();
+    float* ap = absmax.mutable_data();
+    {
+      py::gil_scoped_release release;
+      quant::quantize_blockwise_8bit(xv.ptr<const float>(), xv.numel(), blocksize, cv.ptr<const float>(), qp, ap);
+    }
+    return py::make_tuple(q, absmax);
+  }, py::arg("x"), py::arg("blocksize"), py::arg("code"),
+     "bitsandbytes' 8-bit blockwise quantization (CPU rules). Returns (codes uint8[n], absmax float32[nblocks]).");
+
+  m.def("absmax_double_quantize", [](const py::array& absmax, double offset) {
+    const TensorView av = expect_array(absmax, DType::F32, 1, "absmax");
+    const int64_t nb = av.numel();
+    ECOM_CHECK_ARG(nb > 0, "absmax: is empty");
+    ECOM_CHECK_ARG(std::isfinite(offset), "offset is not finite");
+    auto q = new_array<uint8_t>({nb});
+    auto nested = new_array<float>({(nb + quant::kNestedBlocksize - 1) / quant::kNestedBlocksize});
+    uint8_t* qp = q.mutable_data();
+    float* np_ = nested.mutable_data();
+    {
+      py::gil_scoped_release release;
+      quant::absmax_double_quantize(av.ptr<const float>(), nb, static_cast<float>(offset), quant::dynamic_map_8bit(), qp, np_);
+    }
+    return py::make_tuple(q, nested);
+  }, py::arg("absmax"), py::arg("offset"),
+     "8-bit double quantization of absmax - offset (blocksize 256, dynamic map). Returns (qabsmax, nested_absmax).");
+
+  py::class_<PyNF4Matrix>(m, "NF4Matrix", "A 4-bit NF4 weight W[rows, cols] with fused matmul kernels.")
+      .def(py::init<py::array, int64_t, int64_t, int64_t, py::array, std::optional<py::array>, std::optional<py::array>,
+                    std::optional<py::array>, std::optional<py::array>, double>(),
+           py::arg("packed"), py::arg("rows"), py::arg("cols"), py::arg("blocksize"), py::arg("code"),
+           py::arg("absmax") = py::none(), py::arg("qabsmax") = py::none(), py::arg("nested_absmax") = py::none(),
+           py::arg("nested_code") = py::none(), py::arg("offset") = 0.0)
+      .def("matmul", &PyNF4Matrix::matmul, py::arg("x"), py::arg("bias") = py::none(), py::arg("bf16_bits") = false,
+           "y[..., N] = x[..., K] @ dequant(W)^T (+ bias). GIL released.")
+      .def("matmul_t", &PyNF4Matrix::matmul_t, py::arg("dy"), py::arg("bf16_bits") = false,
+           "dx[..., K] = dy[..., N] @ dequant(W). GIL released.")
+      .def("dequantize", &PyNF4Matrix::dequantize, "The fp32 weight [rows, cols].")
+      .def("block_scales", &PyNF4Matrix::block_scales, "The fp32 scale of every block (double quantization undone).")
+      .def_property_readonly("rows", &PyNF4Matrix::rows)
+      .def_property_readonly("cols", &PyNF4Matrix::cols);
+}
+
+}  // namespace ecomllm::bindings

@@ -1,0 +1,10 @@
+// AVX-512 (F/BW/VL/DQ) build of the NF4 leaf kernels.
+#define ECOM_SIMD_AVX512 1
+#include "quant/nf4_kernels_simd.h"
+
+namespace ecomllm::quant {
+const NF4Kernels& nf4_kernels_avx512() {
+  static const NF4Kernels k{SimdLevel::AVX512, kGemmMR, kGemmNR, kGemmTMR, kGemmTKR, gemv_rows, dequant_tile, gemm_tile, gemm_t_tile};
+  return k;
+}
+}  // namespace ecomllm::quant

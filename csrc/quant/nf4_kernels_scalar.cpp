@@ -1,0 +1,101 @@
+// Scalar reference kernels for NF4 matmul: plain loops, no intrinsics. Every SIMD level is
+// tested against these. Also home of the shared NF4Matrix helpers and the generic tile decoder.
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+#include "quant/nf4.h"
+#include "quant/nf4_kernels_common.h"
+#include "quant/nf4_matmul.h"
+
+namespace ecomllm::quant {
+
+void NF4Matrix::block_scales(int64_t b0, int64_t b1, float* out) const {
+  if (absmax) {
+    std::memcpy(out, absmax + b0, sizeof(float) * (b1 - b0));
+    return;
+  }
+  for (int64_t b = b0; b < b1; ++b) out[b - b0] = absmax_double_dequantize_one(qabsmax, nested_absmax, nested_code, offset, b);
+}
+
+void NF4Matrix::validate() const {
+  ECOM_CHECK_ARG(rows > 0 && cols > 0, "NF4 matrix: rows and cols must be positive, got ", rows, "x", cols);
+  ECOM_CHECK_ARG(nf4_blocksize_valid(blocksize), "NF4 matrix: invalid blocksize ", blocksize);
+  ECOM_CHECK_ARG(packed && code, "NF4 matrix: missing packed codes or code book");
+  ECOM_CHECK_ARG((absmax != nullptr) != (qabsmax != nullptr), "NF4 matrix: exactly one of absmax / qabsmax must be set");
+  ECOM_CHECK_ARG(absmax || (nested_absmax && nested_code), "NF4 matrix: double quantization needs nested_absmax and nested_code");
+}
+
+void nf4_dequant_tile_generic(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out,
+                              int64_t ldo) {
+  const int64_t K = W.cols, bs = W.blocksize;
+  for (int64_t n = n0; n < n1; ++n) {
+    float* dst = out + (n - n0) * ldo;
+    int64_t cached_block = -1;
+    float scale = 0.0f;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t i = n * K + k;
+      const int64_t b = i / bs;
+      if (b != cached_block) {
+        W.block_scales(b, b + 1, &scale);
+        cached_block = b;
+      }
+      const uint8_t byte = W.packed[i >> 1];
+      dst[k - k0] = W.code[(i & 1) ? (byte & 0x0f) : (byte >> 4)] * scale;
+    }
+  }
+}
+
+namespace {
+
+constexpr int kMR = 4, kNR = 4, kTMR = 4, kTKR = 8;
+
+void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, const float* bias, int64_t n0, int64_t n1,
+               float* y) {
+  const int64_t K = W.cols, bs = W.blocksize, nb = K / bs;
+  float scales[kScaleChunk];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = W.packed + n * (K / 2);
+    float acc = 0.0f;
+    for (int64_t bc = 0; bc < nb; bc += kScaleChunk) {
+      const int64_t bend = std::min(nb, bc + kScaleChunk);
+      W.block_scales(n * nb + bc, n * nb + bend, scales);
+      for (int64_t b = bc; b < bend; ++b) {
+        float block_sum = 0.0f;
+        for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; ++j)
+          block_sum += W.code[row[j] >> 4] * x_even[j] + W.code[row[j] & 0x0f] * x_odd[j];
+        acc += block_sum * scales[b - bc];
+      }
+    }
+    y[n] = acc + (bias ? bias[n] : 0.0f);
+  }
+}
+
+void gemm_tile(int64_t kc, const float* xp, const float* w, int64_t ldw, float* y, int64_t ldy, int mv, int nv,
+               bool accumulate) {
+  for (int i = 0; i < mv; ++i)
+    for (int j = 0; j < nv; ++j) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < kc; ++k) s += xp[k * kMR + i] * w[j * ldw + k];
+      y[i * ldy + j] = accumulate ? y[i * ldy + j] + s : s;
+    }
+}
+
+void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
+                 int kv, bool accumulate) {
+  for (int i = 0; i < mv; ++i)
+    for (int k = 0; k < kv; ++k) {
+      float s = 0.0f;
+      for (int64_t n = 0; n < nc; ++n) s += dy[i * ldy + n] * w[n * ldw + k];
+      dx[i * ldx + k] = accumulate ? dx[i * ldx + k] + s : s;
+    }
+}
+
+}  // namespace
+
+const NF4Kernels& nf4_kernels_scalar() {
+  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile};
+  return k;
+}
+
+}  // namespace ecomllm::quant

@@ -1,0 +1,242 @@
+// NF4 matmul leaf kernels written once over a small vector type `V` and compiled twice:
+// nf4_kernels_avx2.cpp (-mavx2 -mfma) and nf4_kernels_avx512.cpp (-mavx512f/bw/vl/dq).
+//
+// Everything here has internal linkage (anonymous namespace) and uses no std:: templates, so the
+// linker can never hand an AVX-512 instantiation to code running on an AVX2-only CPU.
+//
+// Decoding: 16 packed bytes hold 32 weights; the high nibbles are the even elements and the low
+// nibbles the odd ones. decode16() turns them into kGroupVecs vectors of even-element codes (`hi`)
+// and kGroupVecs vectors of odd-element codes (`lo`), looked up in the 16-entry table.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "quant/nf4_kernels_common.h"
+#include "quant/nf4_matmul.h"
+
+namespace ecomllm::quant {
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+#if defined(ECOM_SIMD_AVX512)
+struct V {
+  static constexpr int kLanes = 16;
+  __m512 v;
+  static V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static V zero() { return {_mm512_setzero_ps()}; }
+  static V set1(float f) { return {_mm512_set1_ps(f)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+};
+inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
+
+struct Lut {
+  __m512 table;
+  explicit Lut(const float* code16) : table(_mm512_loadu_ps(code16)) {}
+};
+constexpr int kGroupVecs = 1;  // 16 even + 16 odd weights -> 1 + 1 vectors
+inline void decode16(const uint8_t* p, const Lut& lut, V* hi, V* lo) {
+  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  lo[0].v = _mm512_permutexvar_ps(idx, lut.table);  // uses the low 4 bits only
+  hi[0].v = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), lut.table);
+}
+// Restores element order: out = [hi0 lo0 hi1 lo1 ...] as 2 * kGroupVecs vectors.
+inline void interleave(const V* hi, const V* lo, V* out) {
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  out[0].v = _mm512_permutex2var_ps(hi[0].v, first, lo[0].v);
+  out[1].v = _mm512_permutex2var_ps(hi[0].v, second, lo[0].v);
+}
+constexpr int kGemmNR = 12;   // forward: 12 W rows x 2 vectors of x rows = 24 accumulators
+constexpr int kGemmTMR = 12;  // backward: 12 dy rows x 2 vectors of dx columns
+
+#elif defined(ECOM_SIMD_AVX2)
+struct V {
+  static constexpr int kLanes = 8;
+  __m256 v;
+  static V load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static V zero() { return {_mm256_setzero_ps()}; }
+  static V set1(float f) { return {_mm256_set1_ps(f)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+};
+inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline float hsum(V a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+struct Lut {
+  __m256 low8, high8;  // codes 0-7 and 8-15
+  explicit Lut(const float* code16) : low8(_mm256_loadu_ps(code16)), high8(_mm256_loadu_ps(code16 + 8)) {}
+  // Looks up the code in bits 0-3 of each 32-bit lane (bits above 3 are ignored).
+  __m256 operator()(__m256i idx) const {
+    const __m256 a = _mm256_permutevar8x32_ps(low8, idx);
+    const __m256 b = _mm256_permutevar8x32_ps(high8, idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 -> sign
+  }
+};
+constexpr int kGroupVecs = 2;
+inline void decode16(const uint8_t* p, const Lut& lut, V* hi, V* lo) {
+  for (int d = 0; d < 2; ++d) {
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * d)));
+    lo[d].v = lut(idx);
+    hi[d].v = lut(_mm256_srli_epi32(idx, 4));
+  }
+}
+inline void interleave(const V* hi, const V* lo, V* out) {
+  for (int d = 0; d < 2; ++d) {
+    const __m256 a = _mm256_unpacklo_ps(hi[d].v, lo[d].v);  // e0 e1 e2 e3 | e8 e9 e10 e11
+    const __m256 b = _mm256_unpackhi_ps(hi[d].v, lo[d].v);  // e4 e5 e6 e7 | e12 ... e15
+    out[2 * d].v = _mm256_permute2f128_ps(a, b, 0x20);
+    out[2 * d + 1].v = _mm256_permute2f128_ps(a, b, 0x31);
+  }
+}
+constexpr int kGemmNR = 6;
+constexpr int kGemmTMR = 6;
+#else
+#error "define ECOM_SIMD_AVX2 or ECOM_SIMD_AVX512 before including nf4_kernels_simd.h"
+#endif
+
+constexpr int kGemmMR = 2 * V::kLanes;   // forward micro-tile rows of x
+constexpr int kGemmTKR = 2 * V::kLanes;  // backward micro-tile columns of dx
+
+// ---- M = 1: fused decode + dot, memory bound -------------------------------------------------
+void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, const float* bias, int64_t n0, int64_t n1,
+               float* y) {
+  const int64_t K = W.cols, bs = W.blocksize, nb = K / bs, half_bs = bs / 2;
+  const Lut lut(W.code);
+  float scales[kScaleChunk];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = W.packed + n * (K / 2);
+    V acc = V::zero();
+    for (int64_t bc = 0; bc < nb; bc += kScaleChunk) {
+      const int64_t bend = imin(nb, bc + kScaleChunk);
+      W.block_scales(n * nb + bc, n * nb + bend, scales);
+      for (int64_t b = bc; b < bend; ++b) {
+        const int64_t j0 = b * half_bs;  // first byte of the block == first x_even / x_odd index
+        V even[kGroupVecs], odd[kGroupVecs];
+        for (int d = 0; d < kGroupVecs; ++d) even[d] = odd[d] = V::zero();
+        for (int64_t j = j0; j < j0 + half_bs; j += 16) {
+          V hi[kGroupVecs], lo[kGroupVecs];
+          decode16(row + j, lut, hi, lo);
+          for (int d = 0; d < kGroupVecs; ++d) {
+            even[d] = fma(hi[d], V::load(x_even + j + d * V::kLanes), even[d]);
+            odd[d] = fma(lo[d], V::load(x_odd + j + d * V::kLanes), odd[d]);
+          }
+        }
+        V block_sum = add(even[0], odd[0]);
+        for (int d = 1; d < kGroupVecs; ++d) block_sum = add(block_sum, add(even[d], odd[d]));
+        acc = fma(block_sum, V::set1(scales[b - bc]), acc);
+      }
+    }
+    y[n] = hsum(acc) + (bias ? bias[n] : 0.0f);
+  }
+}
+
+// ---- tile decoder for the GEMM paths --------------------------------------------------------
+void dequant_tile(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out, int64_t ldo) {
+  if (!W.rows_block_aligned() || k0 % 32 != 0) {
+    nf4_dequant_tile_generic(W, n0, n1, k0, k1, out, ldo);
+    return;
+  }
+  const int64_t K = W.cols, bs = W.blocksize;
+  const int64_t k_fast_end = k0 + (k1 - k0) / 32 * 32;
+  const Lut lut(W.code);
+  float scales[kScaleChunk + 1];
+  for (int64_t n = n0; n < n1; ++n) {
+    float* dst = out + (n - n0) * ldo - k0;
+    const uint8_t* row = W.packed + n * (K / 2);
+    const int64_t row_block = n * (K / bs);
+    // Columns in chunks whose blocks fit the scale buffer.
+    for (int64_t kc = k0; kc < k_fast_end; kc += kScaleChunk * 32) {
+      const int64_t kc_end = imin(k_fast_end, kc + kScaleChunk * 32);
+      const int64_t b_first = kc / bs, b_last = (kc_end - 1) / bs;
+      W.block_scales(row_block + b_first, row_block + b_last + 1, scales);
+      for (int64_t k = kc; k < kc_end; k += 32) {
+        V hi[kGroupVecs], lo[kGroupVecs], w[2 * kGroupVecs];
+        decode16(row + k / 2, lut, hi, lo);
+        interleave(hi, lo, w);
+        const V scale = V::set1(scales[k / bs - b_first]);
+        for (int d = 0; d < 2 * kGroupVecs; ++d) mul(w[d], scale).store(dst + k + d * V::kLanes);
+      }
+    }
+  }
+  if (k_fast_end < k1) nf4_dequant_tile_generic(W, n0, n1, k_fast_end, k1, out + (k_fast_end - k0), ldo);
+}
+
+// ---- forward micro-kernel: y^T tile = W tile . x panel^T ------------------------------------
+void gemm_tile(int64_t kc, const float* xp, const float* w, int64_t ldw, float* y, int64_t ldy, int mv, int nv,
+               bool accumulate) {
+  V acc[kGemmNR][2];
+  for (int j = 0; j < kGemmNR; ++j) acc[j][0] = acc[j][1] = V::zero();
+  const float* wr[kGemmNR];
+  for (int j = 0; j < kGemmNR; ++j) wr[j] = w + j * ldw;
+  for (int64_t k = 0; k < kc; ++k) {
+    const V x0 = V::load(xp + k * kGemmMR), x1 = V::load(xp + k * kGemmMR + V::kLanes);
+#pragma GCC unroll 12
+    for (int j = 0; j < kGemmNR; ++j) {
+      const V b = V::set1(wr[j][k]);
+      acc[j][0] = fma(x0, b, acc[j][0]);
+      acc[j][1] = fma(x1, b, acc[j][1]);
+    }
+  }
+  float column[kGemmMR];
+  for (int j = 0; j < nv; ++j) {
+    acc[j][0].store(column);
+    acc[j][1].store(column + V::kLanes);
+    if (accumulate)
+      for (int i = 0; i < mv; ++i) y[i * ldy + j] += column[i];
+    else
+      for (int i = 0; i < mv; ++i) y[i * ldy + j] = column[i];
+  }
+}
+
+// ---- backward micro-kernel: dx tile = dy rows . W tile --------------------------------------
+void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
+                 int kv, bool accumulate) {
+  V acc[kGemmTMR][2];
+  const float* dyr[kGemmTMR];
+  for (int i = 0; i < kGemmTMR; ++i) {
+    dyr[i] = dy + (i < mv ? i : 0) * ldy;  // rows past mv repeat row 0; their results are dropped
+    acc[i][0] = acc[i][1] = V::zero();
+  }
+  for (int64_t n = 0; n < nc; ++n) {
+    const V w0 = V::load(w + n * ldw), w1 = V::load(w + n * ldw + V::kLanes);
+#pragma GCC unroll 12
+    for (int i = 0; i < kGemmTMR; ++i) {
+      const V b = V::set1(dyr[i][n]);
+      acc[i][0] = fma(w0, b, acc[i][0]);
+      acc[i][1] = fma(w1, b, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < mv; ++i) {
+    float* out = dx + i * ldx;
+    if (kv == kGemmTKR) {
+      if (accumulate) {
+        add(acc[i][0], V::load(out)).store(out);
+        add(acc[i][1], V::load(out + V::kLanes)).store(out + V::kLanes);
+      } else {
+        acc[i][0].store(out);
+        acc[i][1].store(out + V::kLanes);
+      }
+    } else {
+      float row[kGemmTKR];
+      acc[i][0].store(row);
+      acc[i][1].store(row + V::kLanes);
+      for (int k = 0; k < kv; ++k) out[k] = accumulate ? out[k] + row[k] : row[k];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ecomllm::quant

@@ -1,0 +1,78 @@
+// Fused NF4 matrix products. The weight W[N, K] stays 4-bit; kernels decode it block by block into
+// registers (M small) or into a small per-thread tile (M large) and never materialise all of it.
+//
+//   nf4_matmul   : y[M, N]  = x[M, K] @ dequant(W)^T (+ bias[N])     (forward, fp32 accumulation)
+//   nf4_matmul_t : dx[M, K] = dy[M, N] @ dequant(W)                   (backward w.r.t. the input)
+//
+// Each SIMD level (scalar reference, AVX2+FMA, AVX-512) provides the same leaf kernels; the level
+// is picked at run time from base/cpu_features.h.
+#pragma once
+
+#include <cstdint>
+
+#include "base/cpu_features.h"
+
+namespace ecomllm::quant {
+
+// A read-only view of an NF4 weight W[rows = N, cols = K] in bitsandbytes layout (see nf4.h).
+// Exactly one of `absmax` (plain) or `qabsmax` (+ nested_absmax, nested_code, offset) is set.
+struct NF4Matrix {
+  int64_t rows = 0;       // N (out_features)
+  int64_t cols = 0;       // K (in_features)
+  int64_t blocksize = 64;
+  const uint8_t* packed = nullptr;       // [(N*K+1)/2]
+  const float* code = nullptr;           // [16] NF4 values (the file's quant_map)
+  const float* absmax = nullptr;         // [nblocks] fp32 scales, or nullptr when double-quantized
+  const uint8_t* qabsmax = nullptr;      // [nblocks] 8-bit scale codes (double quantization)
+  const float* nested_absmax = nullptr;  // [ceil(nblocks/256)]
+  const float* nested_code = nullptr;    // [256]
+  float offset = 0.0f;
+
+  int64_t numel() const { return rows * cols; }
+  int64_t num_blocks() const { return (numel() + blocksize - 1) / blocksize; }
+  // True when every row starts on a block (and byte) boundary: the SIMD fast paths need it.
+  bool rows_block_aligned() const { return cols % blocksize == 0; }
+  // Writes the fp32 scales of blocks [b0, b1) to out[0 .. b1-b0).
+  void block_scales(int64_t b0, int64_t b1, float* out) const;
+  // Throws ValueError if the pointers or sizes are inconsistent.
+  void validate() const;
+};
+
+// Leaf kernels of one SIMD level. All ranges are half-open; all matrices are row-major.
+struct NF4Kernels {
+  SimdLevel level;
+  // Vector width in floats of the GEMM micro-kernels (along M for forward, along K for backward).
+  int gemm_mr;  // forward: rows of x per micro-tile (a multiple of the vector width)
+  int gemm_nr;  // forward: rows of W per micro-tile
+  int gemm_t_mr;  // backward: rows of dy per micro-tile
+  int gemm_t_kr;  // backward: columns of dx per micro-tile
+
+  // y[n] = dot(W[n, :], x) (+ bias[n]) for n in [n0, n1). Needs W.rows_block_aligned().
+  // x is split into x_even[K/2] (x[0], x[2], ...) and x_odd[K/2] to match the nibble order.
+  void (*gemv_rows)(const NF4Matrix& W, const float* x_even, const float* x_odd, const float* bias, int64_t n0,
+                    int64_t n1, float* y);
+  // out[(n - n0) * ldo + (k - k0)] = dequant(W)[n, k] for n in [n0, n1), k in [k0, k1).
+  void (*dequant_tile)(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out, int64_t ldo);
+  // Forward micro-kernel: for i < mv, j < nv:
+  //   y[i * ldy + j] (+)= sum_k xp[k * gemm_mr + i] * w[j * ldw + k],  k in [0, kc)
+  // xp is a packed x panel [kc][gemm_mr] (zero-padded rows), w holds gemm_nr rows (zero-padded).
+  void (*gemm_tile)(int64_t kc, const float* xp, const float* w, int64_t ldw, float* y, int64_t ldy, int mv, int nv,
+                    bool accumulate);
+  // Backward micro-kernel: for i < mv, k < kv:
+  //   dx[i * ldx + k] (+)= sum_n dy[i * ldy + n] * w[n * ldw + k],  n in [0, nc)
+  void (*gemm_t_tile)(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx,
+                      int mv, int kv, bool accumulate);
+};
+
+const NF4Kernels& nf4_kernels_scalar();
+const NF4Kernels& nf4_kernels_avx2();
+const NF4Kernels& nf4_kernels_avx512();
+// The kernels of the active SIMD level.
+const NF4Kernels& nf4_kernels();
+
+// y[M, N] = x[M, K] @ dequant(W)^T + bias (bias may be null). x, y fp32 row-major.
+void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y);
+// dx[M, K] = dy[M, N] @ dequant(W). dy, dx fp32 row-major; dx is overwritten.
+void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx);
+
+}  // namespace ecomllm::quant

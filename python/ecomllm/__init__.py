@@ -1,0 +1,41 @@
+"""ecomllm: fine-tune, evaluate and serve e-commerce language models on CPUs.
+
+The numeric work runs in the C++ extension ``ecomllm._core``; this package is the Python face
+of it. Available now:
+
+- :mod:`ecomllm.quant` -- NF4 4-bit quantization (bitsandbytes-compatible) with fused matmuls.
+- :mod:`ecomllm.safetensors` -- dependency-free safetensors reading and atomic writing.
+- :func:`cpu_info` / :func:`set_simd_level` -- which SIMD kernels run, and forcing a level.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .quant import NF4Tensor
+
+__version__ = "0.1.0"
+
+
+def cpu_info() -> dict:
+    """CPU features seen by the core, the active SIMD level and the thread count."""
+    info = dict(_core.cpu_features())
+    info["simd_level"] = _core.simd_level()
+    info["threads"] = _core.max_threads()
+    return info
+
+
+def set_simd_level(level: str) -> None:
+    """Force the kernels' SIMD level: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
+
+    Raises ValueError if this CPU cannot run it. The environment variable ``ECOMLLM_CPU`` sets
+    the starting level the same way.
+    """
+    _core.set_simd_level(level)
+
+
+def simd_level() -> str:
+    """The SIMD level the kernels use now."""
+    return _core.simd_level()
+
+
+__all__ = ["NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]

@@ -1,0 +1,294 @@
+"""NF4 4-bit quantization (QLoRA), byte-compatible with bitsandbytes.
+
+:class:`NF4Tensor` holds a weight in bitsandbytes' blockwise NF4 layout -- packed 4-bit codes (first
+element in the high nibble), one fp32 absmax per block of ``blocksize`` elements, optionally
+double-quantized to 8 bits -- and multiplies with it through fused C++ kernels that never
+expand the whole weight::
+
+    w = NF4Tensor.quantize(weight)            # weight: [N, K] float32 / float16 / bfloat16
+    y = w.matmul(x)                           # x: [..., K] -> [..., N]   (forward)
+    dx = w.matmul_t(dy)                       # dy: [..., N] -> [..., K]  (backward w.r.t. x)
+    w.save_safetensors("layer.safetensors")   # bitsandbytes state-dict keys
+    w2 = NF4Tensor.load_safetensors("layer.safetensors")
+
+The state dict uses bitsandbytes' keys (``weight``, ``weight.absmax``, ``weight.quant_map``,
+``weight.nested_absmax``, ``weight.nested_quant_map``, ``weight.quant_state.bitsandbytes__nf4``),
+so a Linear4bit saved by bitsandbytes loads here and ours loads into bitsandbytes.
+
+One deliberate difference: the double-quantization offset is the exactly rounded mean of the
+absmax vector; bitsandbytes uses torch's float32 mean, which can differ by an ulp. Both are
+stored in the file, so loading is exact either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import ml_dtypes
+import numpy as np
+
+from . import _core
+from .safetensors import load_safetensors, save_safetensors
+
+__all__ = ["NF4Tensor", "NF4StateError", "NF4_CODEBOOK", "VALID_BLOCKSIZES"]
+
+NF4_CODEBOOK: np.ndarray = _core.nf4_codebook()
+VALID_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+NESTED_BLOCKSIZE = 256
+_QUANT_STATE_KEY = "quant_state.bitsandbytes__nf4"
+_SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class NF4StateError(ValueError):
+    """A state dict or file that does not describe a valid NF4 tensor."""
+
+
+@dataclass(frozen=True)
+class _DoubleQuant:
+    qabsmax: np.ndarray        # uint8 [nblocks]
+    nested_absmax: np.ndarray  # float32 [ceil(nblocks / 256)]
+    nested_code: np.ndarray    # float32 [256]
+    offset: float
+
+
+def _dtype_name(arr: np.ndarray) -> str:
+    if arr.dtype == np.float32:
+        return "float32"
+    if arr.dtype == np.float16:
+        return "float16"
+    if arr.dtype == ml_dtypes.bfloat16:
+        return "bfloat16"
+    raise TypeError(f"NF4 quantization takes float32, float16 or bfloat16 arrays, got {arr.dtype}")
+
+
+def _activation(x) -> tuple[np.ndarray, bool]:
+    """x as a contiguous float32 array, or bf16 bit patterns (uint16) with the flag set."""
+    x = np.asarray(x)
+    if x.dtype == ml_dtypes.bfloat16:
+        return np.ascontiguousarray(x).view(np.uint16), True
+    if x.dtype != np.float32:
+        raise TypeError(f"expected float32 or bfloat16 activations, got {x.dtype}")
+    return np.ascontiguousarray(x), False
+
+
+class NF4Tensor:
+    """A weight quantized to NF4 in bitsandbytes' layout, with fused matmul kernels.
+
+    Build one with :meth:`quantize`, :meth:`from_state_dict` or :meth:`load_safetensors`.
+    Matmuls need a 2-D weight ``[N, K]`` (``nn.Linear`` layout: out_features x in_features).
+    """
+
+    def __init__(self, packed: np.ndarray, absmax: np.ndarray | None, shape: tuple[int, ...], blocksize: int,
+                 dtype: str = "float32", quant_map: np.ndarray | None = None,
+                 double_quant: _DoubleQuant | None = None):
+        self._packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+        self._absmax = None if absmax is None else np.ascontiguousarray(absmax, dtype=np.float32)
+        self._shape = tuple(int(d) for d in shape)
+        self._blocksize = int(blocksize)
+        self._dtype = dtype
+        self._quant_map = NF4_CODEBOOK if quant_map is None else np.ascontiguousarray(quant_map, dtype=np.float32)
+        self._dq = double_quant
+        if dtype not in _SUPPORTED_DTYPES:
+            raise NF4StateError(f"unsupported original dtype {dtype!r}; expected one of {_SUPPORTED_DTYPES}")
+        if not self._shape or any(d <= 0 for d in self._shape):
+            raise NF4StateError(f"shape must have positive dimensions, got {self._shape}")
+        numel = int(np.prod(self._shape, dtype=np.int64))
+        # The core validates sizes, dtypes and finiteness; a 1-D tensor is viewed as [1, n].
+        rows, cols = (self._shape[0], numel // self._shape[0]) if len(self._shape) >= 2 else (1, numel)
+        if double_quant is None:
+            self._core = _core.NF4Matrix(self._packed, rows, cols, self._blocksize, self._quant_map,
+                                         absmax=self._absmax)
+        else:
+            self._core = _core.NF4Matrix(self._packed, rows, cols, self._blocksize, self._quant_map,
+                                         qabsmax=double_quant.qabsmax, nested_absmax=double_quant.nested_absmax,
+                                         nested_code=double_quant.nested_code, offset=double_quant.offset)
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def quantize(cls, array, blocksize: int = 64, double_quant: bool = True) -> "NF4Tensor":
+        """Quantize a float32 / float16 / bfloat16 array of any shape (bitsandbytes' rules).
+
+        ``double_quant=True`` stores the block scales in 8 bits (about 4.127 bits per weight in
+        all), like ``bnb_4bit_use_double_quant=True``. Raises ValueError for non-finite values,
+        a blocksize outside 32...4096 (powers of two) or an empty array.
+        """
+        arr = np.asarray(array)
+        dtype = _dtype_name(arr)
+        if blocksize not in VALID_BLOCKSIZES:
+            raise ValueError(f"blocksize must be one of {VALID_BLOCKSIZES}, got {blocksize}")
+        flat = np.ascontiguousarray(arr)
+        if dtype == "bfloat16":
+            packed, absmax = _core.nf4_quantize(flat.view(np.uint16), blocksize, bf16_bits=True)
+        else:
+            packed, absmax = _core.nf4_quantize(flat, blocksize)
+        dq = None
+        if double_quant:
+            offset = _core.absmax_mean(absmax)
+            qabsmax, nested = _core.absmax_double_quantize(absmax, offset)
+            dq = _DoubleQuant(qabsmax, nested, _core.dynamic_map_8bit(), float(offset))
+            absmax = None
+        return cls(packed, absmax, arr.shape, blocksize, dtype, None, dq)
+
+    # ---- properties ----------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def blocksize(self) -> int:
+        return self._blocksize
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the array that was quantized ("float32", "float16" or "bfloat16")."""
+        return self._dtype
+
+    @property
+    def double_quant(self) -> bool:
+        return self._dq is not None
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self._shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of quantized storage: packed codes + block scales (+ nested scales and maps)."""
+        n = self._packed.nbytes + self._quant_map.nbytes
+        if self._dq is None:
+            return n + self._absmax.nbytes
+        return n + self._dq.qabsmax.nbytes + self._dq.nested_absmax.nbytes + self._dq.nested_code.nbytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage bits per element, not counting the fixed code books."""
+        maps = self._quant_map.nbytes + (self._dq.nested_code.nbytes if self._dq else 0)
+        return 8.0 * (self.nbytes - maps) / self.numel
+
+    def __repr__(self) -> str:
+        dq = ", double_quant" if self._dq else ""
+        return f"NF4Tensor(shape={self._shape}, blocksize={self._blocksize}, dtype={self._dtype}{dq})"
+
+    # ---- numerics ------------------------------------------------------------------------------
+    def dequantize(self, dtype=np.float32) -> np.ndarray:
+        """The weight as a dense array of the original shape (computed in fp32, then cast)."""
+        out = self._core.dequantize().reshape(self._shape)
+        return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
+
+    def block_scales(self) -> np.ndarray:
+        """fp32 absmax of every block (double quantization undone)."""
+        return self._core.block_scales()
+
+    def _require_2d(self) -> None:
+        if len(self._shape) != 2:
+            raise ValueError(f"matmul needs a 2-D weight [N, K], this one has shape {self._shape}")
+
+    def matmul(self, x, bias: np.ndarray | None = None) -> np.ndarray:
+        """``x[..., K] @ W^T (+ bias[N]) -> [..., N]`` in fp32; x float32 or bfloat16."""
+        self._require_2d()
+        xa, is_bf16 = _activation(x)
+        b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        return self._core.matmul(xa, b, bf16_bits=is_bf16)
+
+    def matmul_t(self, dy) -> np.ndarray:
+        """``dy[..., N] @ W -> [..., K]`` in fp32 (the input gradient of :meth:`matmul`)."""
+        self._require_2d()
+        dya, is_bf16 = _activation(dy)
+        return self._core.matmul_t(dya, bf16_bits=is_bf16)
+
+    __matmul__ = None  # W @ x is ambiguous about the transpose: use matmul / matmul_t explicitly
+
+    # ---- bitsandbytes state dict ---------------------------------------------------------------
+    def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """bitsandbytes ``Linear4bit`` state-dict entries for this weight, keys ``{prefix}weight...``."""
+        w = prefix + "weight"
+        sd = {
+            w: self._packed.reshape(-1, 1),
+            f"{w}.quant_map": self._quant_map,
+        }
+        meta = {"quant_type": "nf4", "blocksize": self._blocksize, "dtype": self._dtype, "shape": list(self._shape)}
+        if self._dq is None:
+            sd[f"{w}.absmax"] = self._absmax
+        else:
+            sd[f"{w}.absmax"] = self._dq.qabsmax
+            sd[f"{w}.nested_absmax"] = self._dq.nested_absmax
+            sd[f"{w}.nested_quant_map"] = self._dq.nested_code
+            meta.update({"nested_blocksize": NESTED_BLOCKSIZE, "nested_dtype": "float32",
+                         "nested_offset": self._dq.offset})
+        sd[f"{w}.{_QUANT_STATE_KEY}"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8).copy()
+        return sd
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, np.ndarray], prefix: str = "") -> "NF4Tensor":
+        """Rebuild from bitsandbytes-layout entries (numpy arrays, or anything np.asarray takes)."""
+        w = prefix + "weight"
+
+        def get(key: str, required: bool = True):
+            if key not in state:
+                if required:
+                    raise NF4StateError(f"state dict lacks {key!r}")
+                return None
+            return np.asarray(state[key])
+
+        qs_keys = [k for k in state if k.startswith(w + ".quant_state.bitsandbytes__")]
+        if len(qs_keys) != 1:
+            raise NF4StateError(f"expected one '{w}.quant_state.bitsandbytes__*' entry, found {len(qs_keys)}")
+        if not qs_keys[0].endswith("__nf4"):
+            raise NF4StateError(f"only nf4 is supported, found {qs_keys[0]!r}")
+        raw = get(qs_keys[0])
+        try:
+            meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
+            blocksize = int(meta["blocksize"])
+            shape = tuple(int(d) for d in meta["shape"])
+            dtype = str(meta.get("dtype", "float32"))
+            if meta.get("quant_type", "nf4") != "nf4":
+                raise NF4StateError(f"quant_type {meta.get('quant_type')!r} is not nf4")
+        except NF4StateError:
+            raise
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise NF4StateError(f"{qs_keys[0]}: unreadable quant state ({type(e).__name__}: {e})") from None
+        if blocksize not in VALID_BLOCKSIZES:
+            raise NF4StateError(f"blocksize {blocksize} is not one of {VALID_BLOCKSIZES}")
+        packed = get(w)
+        quant_map = get(f"{w}.quant_map")
+        absmax = get(f"{w}.absmax")
+        if packed.dtype != np.uint8:
+            raise NF4StateError(f"{w}: expected uint8 packed codes, got {packed.dtype}")
+        if quant_map.dtype != np.float32 or quant_map.size != 16:
+            raise NF4StateError(f"{w}.quant_map: expected 16 float32 values, got {quant_map.size} {quant_map.dtype}")
+        nested = get(f"{w}.nested_absmax", required=False)
+        try:
+            if nested is None:
+                if absmax.dtype != np.float32:
+                    raise NF4StateError(f"{w}.absmax: expected float32 without nested state, got {absmax.dtype}")
+                return cls(packed, absmax.reshape(-1), shape, blocksize, dtype, quant_map.reshape(-1))
+            nested_code = get(f"{w}.nested_quant_map")
+            if int(meta.get("nested_blocksize", NESTED_BLOCKSIZE)) != NESTED_BLOCKSIZE:
+                raise NF4StateError(f"nested_blocksize must be {NESTED_BLOCKSIZE}")
+            if absmax.dtype != np.uint8:
+                raise NF4StateError(f"{w}.absmax: expected uint8 with nested state, got {absmax.dtype}")
+            if nested.dtype != np.float32 or nested_code.dtype != np.float32:
+                raise NF4StateError("nested_absmax and nested_quant_map must be float32")
+            if "nested_offset" not in meta:
+                raise NF4StateError("quant state lacks nested_offset")
+            dq = _DoubleQuant(np.ascontiguousarray(absmax.reshape(-1)), np.ascontiguousarray(nested.reshape(-1)),
+                              np.ascontiguousarray(nested_code.reshape(-1)), float(meta["nested_offset"]))
+            return cls(packed, None, shape, blocksize, dtype, quant_map.reshape(-1), dq)
+        except NF4StateError:
+            raise
+        except (ValueError, TypeError) as e:  # size/finiteness checks in the core
+            raise NF4StateError(f"{w}: {e}") from None
+
+    def save_safetensors(self, path: str | os.PathLike, prefix: str = "") -> None:
+        """Write :meth:`state_dict` to a safetensors file (atomically)."""
+        save_safetensors(path, self.state_dict(prefix))
+
+    @classmethod
+    def load_safetensors(cls, path: str | os.PathLike, prefix: str = "") -> "NF4Tensor":
+        """Load the NF4 weight stored under ``{prefix}weight...`` in a safetensors file."""
+        tensors = load_safetensors(path)
+        return cls.from_state_dict({k: np.array(v) for k, v in tensors.items() if k.startswith(prefix + "weight")},
+                                   prefix)
