@@ -1,0 +1,243 @@
+// Unit tests for csrc/quant: NF4 format rules and every SIMD level of the matmul kernels against
+// the scalar reference at odd sizes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/cpu_features.h"
+#include "quant/nf4.h"
+#include "quant/nf4_kernels_common.h"
+#include "quant/nf4_matmul.h"
+
+namespace ecomllm::quant {
+namespace {
+
+struct Quantized {
+  std::vector<uint8_t> packed;
+  std::vector<float> absmax;
+};
+
+Quantized quantize(const std::vector<float>& x, int64_t bs) {
+  Quantized q;
+  const int64_t n = static_cast<int64_t>(x.size());
+  q.packed.resize(nf4_packed_bytes(n));
+  q.absmax.resize(nf4_num_blocks(n, bs));
+  nf4_quantize(TensorView::contiguous(const_cast<float*>(x.data()), DType::F32, {n}), bs, q.packed.data(),
+               q.absmax.data());
+  return q;
+}
+
+std::vector<float> random_normal(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+TEST(NF4Format, CodebookIsSortedWithExactZeroAndOne) {
+  for (int i = 0; i < 15; ++i) EXPECT_LT(kNF4Codebook[i], kNF4Codebook[i + 1]);
+  EXPECT_EQ(kNF4Codebook[kNF4ZeroCode], 0.0f);
+  EXPECT_EQ(kNF4Codebook[0], -1.0f);
+  EXPECT_EQ(kNF4Codebook[15], 1.0f);
+}
+
+TEST(NF4Format, BlocksizeRule) {
+  for (int64_t bs : {32, 64, 128, 256, 512, 1024, 2048, 4096}) EXPECT_TRUE(nf4_blocksize_valid(bs));
+  for (int64_t bs : {0, 16, 48, 63, 8192, -64}) EXPECT_FALSE(nf4_blocksize_valid(bs));
+}
+
+TEST(NF4Quantize, FirstElementInHighNibbleAndCodesOfExtremes) {
+  // Block of 64: x[0] = -1 (code 0), x[1] = 1 (code 15), rest 0 (code 7).
+  std::vector<float> x(64, 0.0f);
+  x[0] = -2.0f;
+  x[1] = 2.0f;
+  const Quantized q = quantize(x, 64);
+  EXPECT_EQ(q.absmax[0], 2.0f);
+  EXPECT_EQ(q.packed[0], 0x0f);
+  for (size_t i = 1; i < q.packed.size(); ++i) EXPECT_EQ(q.packed[i], 0x77);
+}
+
+TEST(NF4Quantize, TiesGoToTheLowerCode) {
+  // A value exactly on the midpoint between codes 8 and 9 (after scaling by absmax 1).
+  const float mid = (kNF4Codebook[8] + kNF4Codebook[9]) / 2.0f;
+  std::vector<float> x = {1.0f, mid, std::nextafter(mid, 1.0f), std::nextafter(mid, 0.0f)};
+  x.resize(64, 0.0f);
+  const Quantized q = quantize(x, 64);
+  EXPECT_EQ(q.packed[0], (15 << 4) | 8);
+  EXPECT_EQ(q.packed[1], (9 << 4) | 8);
+}
+
+TEST(NF4Quantize, ZeroBlocksAndTailFollowBitsandbytes) {
+  // One full zero block (absmax stored 0) and a zero tail (absmax stored clamped to 1e-38), odd n:
+  // the pad nibble is the code of 0.0.
+  std::vector<float> x(64 + 5, 0.0f);
+  const Quantized q = quantize(x, 64);
+  EXPECT_EQ(q.absmax[0], 0.0f);
+  EXPECT_EQ(q.absmax[1], 1e-38f);
+  for (uint8_t b : q.packed) EXPECT_EQ(b, 0x77);
+}
+
+TEST(NF4Quantize, RejectsNonFiniteAndBadBlocksize) {
+  std::vector<float> x(100, 1.0f);
+  x[57] = NAN;
+  EXPECT_THROW(quantize(x, 64), ValueError);
+  x[57] = INFINITY;
+  EXPECT_THROW(quantize(x, 64), ValueError);
+  x[57] = 0.0f;
+  EXPECT_THROW(quantize(x, 48), ValueError);
+}
+
+TEST(NF4Quantize, DequantizeErrorIsBoundedByHalfTheLargestCodeGap) {
+  const std::vector<float> x = random_normal(4097, 1);
+  const Quantized q = quantize(x, 64);
+  std::vector<float> y(x.size());
+  nf4_dequantize(q.packed.data(), q.absmax.data(), kNF4Codebook, static_cast<int64_t>(x.size()), 64, y.data());
+  float max_gap = 0.0f;
+  for (int i = 0; i < 15; ++i) max_gap = std::max(max_gap, kNF4Codebook[i + 1] - kNF4Codebook[i]);
+  for (size_t i = 0; i < x.size(); ++i)
+    ASSERT_LE(std::fabs(x[i] - y[i]), 0.5f * max_gap * q.absmax[i / 64] * (1 + 1e-6f)) << i;
+}
+
+TEST(DoubleQuant, DynamicMapShape) {
+  const float* map = dynamic_map_8bit();
+  EXPECT_TRUE(std::is_sorted(map, map + 256));
+  EXPECT_EQ(map[255], 1.0f);
+  EXPECT_NE(std::find(map, map + 256, 0.0f), map + 256);
+  EXPECT_FLOAT_EQ(map[0], -0.99296874f);
+}
+
+TEST(DoubleQuant, ReconstructsAbsmaxClosely) {
+  std::vector<float> absmax = random_normal(1000, 2, 0.1f);
+  for (auto& a : absmax) a = std::fabs(a) + 0.5f;
+  const float offset = absmax_mean(absmax.data(), 1000);
+  std::vector<uint8_t> q(1000);
+  std::vector<float> nested(4);
+  absmax_double_quantize(absmax.data(), 1000, offset, dynamic_map_8bit(), q.data(), nested.data());
+  for (int i = 0; i < 1000; ++i) {
+    const float back = absmax_double_dequantize_one(q.data(), nested.data(), dynamic_map_8bit(), offset, i);
+    ASSERT_NEAR(back, absmax[i], 0.02f * nested[i / 256] + 1e-6f) << i;
+  }
+}
+
+// ---- matmul kernels: every SIMD level against the scalar reference -------------------------------
+
+struct Weight {
+  Quantized q;
+  std::vector<uint8_t> qabsmax;
+  std::vector<float> nested;
+  float offset = 0.0f;
+  NF4Matrix m;
+};
+
+Weight make_weight(int64_t N, int64_t K, int64_t bs, bool double_quant, uint32_t seed) {
+  Weight w;
+  w.q = quantize(random_normal(N * K, seed), bs);
+  w.m.rows = N;
+  w.m.cols = K;
+  w.m.blocksize = bs;
+  w.m.packed = w.q.packed.data();
+  w.m.code = kNF4Codebook;
+  if (double_quant) {
+    const int64_t nb = static_cast<int64_t>(w.q.absmax.size());
+    w.offset = absmax_mean(w.q.absmax.data(), nb);
+    w.qabsmax.resize(nb);
+    w.nested.resize((nb + 255) / 256);
+    absmax_double_quantize(w.q.absmax.data(), nb, w.offset, dynamic_map_8bit(), w.qabsmax.data(), w.nested.data());
+    w.m.qabsmax = w.qabsmax.data();
+    w.m.nested_absmax = w.nested.data();
+    w.m.nested_code = dynamic_map_8bit();
+    w.m.offset = w.offset;
+  } else {
+    w.m.absmax = w.q.absmax.data();
+  }
+  return w;
+}
+
+// fp64 dequantize-then-matmul reference.
+std::vector<double> dense(const NF4Matrix& m) {
+  std::vector<float> tile(m.rows * m.cols);
+  nf4_dequant_tile_generic(m, 0, m.rows, 0, m.cols, tile.data(), m.cols);
+  return std::vector<double>(tile.begin(), tile.end());
+}
+
+double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_diff = std::max(max_diff, std::fabs(got[i] - want[i]));
+    max_ref = std::max(max_ref, std::fabs(want[i]));
+  }
+  return max_diff / std::max(max_ref, 1e-30);
+}
+
+std::vector<SimdLevel> available_levels() {
+  std::vector<SimdLevel> levels = {SimdLevel::Scalar};
+  const SimdLevel best = cpu_features().best_level();
+  if (best >= SimdLevel::AVX2) levels.push_back(SimdLevel::AVX2);
+  if (best >= SimdLevel::AVX512) levels.push_back(SimdLevel::AVX512);
+  return levels;
+}
+
+struct Shape {
+  int64_t M, N, K, bs;
+  bool dq;
+};
+
+class NF4MatmulLevels : public ::testing::TestWithParam<Shape> {
+ protected:
+  void TearDown() override { set_simd_level(cpu_features().best_level()); }
+};
+
+TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
+  const Shape s = GetParam();
+  const Weight w = make_weight(s.N, s.K, s.bs, s.dq, 7);
+  const std::vector<double> wd = dense(w.m);
+  const std::vector<float> x = random_normal(s.M * s.K, 11), dy = random_normal(s.M * s.N, 13);
+  const std::vector<float> bias = random_normal(s.N, 17);
+  std::vector<double> y_ref(s.M * s.N), dx_ref(s.M * s.K, 0.0);
+  for (int64_t m = 0; m < s.M; ++m)
+    for (int64_t n = 0; n < s.N; ++n) {
+      double acc = bias[n];
+      for (int64_t k = 0; k < s.K; ++k) acc += static_cast<double>(x[m * s.K + k]) * wd[n * s.K + k];
+      y_ref[m * s.N + n] = acc;
+      for (int64_t k = 0; k < s.K; ++k) dx_ref[m * s.K + k] += static_cast<double>(dy[m * s.N + n]) * wd[n * s.K + k];
+    }
+  for (SimdLevel level : available_levels()) {
+    set_simd_level(level);
+    std::vector<float> y(s.M * s.N, NAN), dx(s.M * s.K, NAN);
+    nf4_matmul(x.data(), s.M, w.m, bias.data(), y.data());
+    nf4_matmul_t(dy.data(), s.M, w.m, dx.data());
+    EXPECT_LE(rel_err(y, y_ref), 1e-5) << simd_level_name(level) << " forward";
+    EXPECT_LE(rel_err(dx, dx_ref), 1e-5) << simd_level_name(level) << " backward";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    OddSizes, NF4MatmulLevels,
+    ::testing::Values(Shape{1, 3, 64, 64, false}, Shape{1, 17, 4096, 64, true}, Shape{3, 65, 128, 32, true},
+                      Shape{2, 1000, 64, 64, false}, Shape{17, 63, 65, 64, false}, Shape{63, 17, 1000, 64, true},
+                      Shape{65, 3, 4097, 64, true}, Shape{1, 5, 4097, 64, false}, Shape{4, 33, 4096, 4096, true},
+                      Shape{100, 100, 256, 128, true}, Shape{1000, 17, 3, 64, false}, Shape{5, 4097, 17, 32, true}),
+    [](const ::testing::TestParamInfo<Shape>& info) {
+      const Shape& s = info.param;
+      return "M" + std::to_string(s.M) + "_N" + std::to_string(s.N) + "_K" + std::to_string(s.K) + "_bs" +
+             std::to_string(s.bs) + (s.dq ? "_dq" : "");
+    });
+
+TEST(NF4Matmul, RejectsInconsistentMatrix) {
+  Weight w = make_weight(4, 64, 64, false, 3);
+  NF4Matrix bad = w.m;
+  bad.absmax = nullptr;  // neither absmax nor qabsmax
+  std::vector<float> x(64), y(4);
+  EXPECT_THROW(nf4_matmul(x.data(), 1, bad, nullptr, y.data()), ValueError);
+  bad = w.m;
+  bad.blocksize = 48;
+  EXPECT_THROW(nf4_matmul(x.data(), 1, bad, nullptr, y.data()), ValueError);
+}
+
+}  // namespace
+}  // namespace ecomllm::quant
