@@ -8,9 +8,6 @@
 
 namespace ecomllm::quant {
 
-// Block scales are decoded in chunks of this many blocks (a stack array in every kernel).
-inline constexpr int64_t kScaleChunk = 64;
-
 // Scalar tile decoder that handles any alignment (rows starting mid-byte or mid-block).
 void nf4_dequant_tile_generic(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out,
                               int64_t ldo);

@@ -29,19 +29,19 @@ void NF4Matrix::validate() const {
 void nf4_dequant_tile_generic(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out,
                               int64_t ldo) {
   const int64_t K = W.cols, bs = W.blocksize;
+  float scale = 0.0f;
   for (int64_t n = n0; n < n1; ++n) {
-    float* dst = out + (n - n0) * ldo;
-    int64_t cached_block = -1;
-    float scale = 0.0f;
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t i = n * K + k;
-      const int64_t b = i / bs;
-      if (b != cached_block) {
-        W.block_scales(b, b + 1, &scale);
-        cached_block = b;
+    float* dst = out + (n - n0) * ldo - k0;
+    const int64_t row_start = n * K;
+    for (int64_t k = k0; k < k1;) {  // one block segment at a time
+      const int64_t b = (row_start + k) / bs;
+      const int64_t seg_end = std::min(k1, (b + 1) * bs - row_start);
+      W.block_scales(b, b + 1, &scale);
+      for (; k < seg_end; ++k) {
+        const int64_t i = row_start + k;
+        const uint8_t byte = W.packed[i >> 1];
+        dst[k] = W.code[(i & 1) ? (byte & 0x0f) : (byte >> 4)] * scale;
       }
-      const uint8_t byte = W.packed[i >> 1];
-      dst[k - k0] = W.code[(i & 1) ? (byte & 0x0f) : (byte >> 4)] * scale;
     }
   }
 }
@@ -50,22 +50,22 @@ namespace {
 
 constexpr int kMR = 4, kNR = 4, kTMR = 4, kTKR = 8;
 
+// Needs K % 32 == 0 (see NF4Matrix::rows_group_aligned), so every row starts on a byte.
 void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, const float* bias, int64_t n0, int64_t n1,
                float* y) {
-  const int64_t K = W.cols, bs = W.blocksize, nb = K / bs;
-  float scales[kScaleChunk];
+  const int64_t K = W.cols, bs = W.blocksize;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = W.packed + n * (K / 2);
+    const int64_t row_start = n * K;
     float acc = 0.0f;
-    for (int64_t bc = 0; bc < nb; bc += kScaleChunk) {
-      const int64_t bend = std::min(nb, bc + kScaleChunk);
-      W.block_scales(n * nb + bc, n * nb + bend, scales);
-      for (int64_t b = bc; b < bend; ++b) {
-        float block_sum = 0.0f;
-        for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; ++j)
-          block_sum += W.code[row[j] >> 4] * x_even[j] + W.code[row[j] & 0x0f] * x_odd[j];
-        acc += block_sum * scales[b - bc];
-      }
+    for (int64_t k = 0; k < K;) {
+      const int64_t b = (row_start + k) / bs;
+      const int64_t seg_end = std::min(K, (b + 1) * bs - row_start);
+      float scale;
+      W.block_scales(b, b + 1, &scale);
+      for (int64_t j = k / 2; j < seg_end / 2; ++j)
+        acc += W.code[row[j] >> 4] * scale * x_even[j] + W.code[row[j] & 0x0f] * scale * x_odd[j];
+      k = seg_end;
     }
     y[n] = acc + (bias ? bias[n] : 0.0f);
   }

@@ -33,12 +33,12 @@ struct V {
 };
 inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
-inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
 
 struct Lut {
   __m512 table;
   explicit Lut(const float* code16) : table(_mm512_loadu_ps(code16)) {}
+  Lut(const Lut& base, float scale) : table(_mm512_mul_ps(base.table, _mm512_set1_ps(scale))) {}
 };
 constexpr int kGroupVecs = 1;  // 16 even + 16 odd weights -> 1 + 1 vectors
 inline void decode16(const uint8_t* p, const Lut& lut, V* hi, V* lo) {
@@ -67,7 +67,6 @@ struct V {
 };
 inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
-inline V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline float hsum(V a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -78,6 +77,8 @@ inline float hsum(V a) {
 struct Lut {
   __m256 low8, high8;  // codes 0-7 and 8-15
   explicit Lut(const float* code16) : low8(_mm256_loadu_ps(code16)), high8(_mm256_loadu_ps(code16 + 8)) {}
+  Lut(const Lut& base, float scale)
+      : low8(_mm256_mul_ps(base.low8, _mm256_set1_ps(scale))), high8(_mm256_mul_ps(base.high8, _mm256_set1_ps(scale))) {}
   // Looks up the code in bits 0-3 of each 32-bit lane (bits above 3 are ignored).
   __m256 operator()(__m256i idx) const {
     const __m256 a = _mm256_permutevar8x32_ps(low8, idx);
@@ -110,64 +111,78 @@ constexpr int kGemmTMR = 6;
 constexpr int kGemmMR = 2 * V::kLanes;   // forward micro-tile rows of x
 constexpr int kGemmTKR = 2 * V::kLanes;  // backward micro-tile columns of dx
 
+// The fp32 scale of block b (double quantization undone, rounding exactly as bitsandbytes).
+inline float block_scale(const NF4Matrix& W, int64_t b) {
+  if (W.absmax) return W.absmax[b];
+  const float scaled = W.nested_code[W.qabsmax[b]] * W.nested_absmax[static_cast<uint64_t>(b) / 256u];
+  return scaled + W.offset;
+}
+
 // ---- M = 1: fused decode + dot, memory bound -------------------------------------------------
+// A row is walked block segment by block segment (a block may start in the previous row when
+// K % blocksize != 0). Per segment the 16-entry table is scaled once (code * absmax, as
+// dequantization computes it), so decoding yields finished weights: decode + FMA only.
 void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, const float* bias, int64_t n0, int64_t n1,
                float* y) {
-  const int64_t K = W.cols, bs = W.blocksize, nb = K / bs, half_bs = bs / 2;
+  const int64_t K = W.cols, bs = W.blocksize;
   const Lut lut(W.code);
-  float scales[kScaleChunk];
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = W.packed + n * (K / 2);
-    V acc = V::zero();
-    for (int64_t bc = 0; bc < nb; bc += kScaleChunk) {
-      const int64_t bend = imin(nb, bc + kScaleChunk);
-      W.block_scales(n * nb + bc, n * nb + bend, scales);
-      for (int64_t b = bc; b < bend; ++b) {
-        const int64_t j0 = b * half_bs;  // first byte of the block == first x_even / x_odd index
-        V even[kGroupVecs], odd[kGroupVecs];
-        for (int d = 0; d < kGroupVecs; ++d) even[d] = odd[d] = V::zero();
-        for (int64_t j = j0; j < j0 + half_bs; j += 16) {
-          V hi[kGroupVecs], lo[kGroupVecs];
-          decode16(row + j, lut, hi, lo);
-          for (int d = 0; d < kGroupVecs; ++d) {
-            even[d] = fma(hi[d], V::load(x_even + j + d * V::kLanes), even[d]);
-            odd[d] = fma(lo[d], V::load(x_odd + j + d * V::kLanes), odd[d]);
-          }
-        }
-        V block_sum = add(even[0], odd[0]);
-        for (int d = 1; d < kGroupVecs; ++d) block_sum = add(block_sum, add(even[d], odd[d]));
-        acc = fma(block_sum, V::set1(scales[b - bc]), acc);
+    const int64_t row_start = n * K;
+    // Two groups per step into separate accumulators: FMA latency, not throughput, would bound a
+    // single accumulator chain.
+    V even[2][kGroupVecs], odd[2][kGroupVecs];
+    for (int u = 0; u < 2; ++u)
+      for (int d = 0; d < kGroupVecs; ++d) even[u][d] = odd[u][d] = V::zero();
+    auto step = [&](int u, int64_t j, const Lut& block_lut) {  // j: byte index == x_even / x_odd index
+      V hi[kGroupVecs], lo[kGroupVecs];
+      decode16(row + j, block_lut, hi, lo);
+      for (int d = 0; d < kGroupVecs; ++d) {
+        even[u][d] = fma(hi[d], V::load(x_even + j + d * V::kLanes), even[u][d]);
+        odd[u][d] = fma(lo[d], V::load(x_odd + j + d * V::kLanes), odd[u][d]);
       }
+    };
+    int64_t b = row_start / bs;  // block of the row's first element; then one block per segment
+    for (int64_t k = 0; k < K; ++b) {
+      const int64_t seg_end = imin(K, (b + 1) * bs - row_start);
+      const Lut block_lut(lut, block_scale(W, b));
+      int64_t j = k / 2;
+      for (; j + 32 <= seg_end / 2; j += 32) {
+        step(0, j, block_lut);
+        step(1, j + 16, block_lut);
+      }
+      if (j < seg_end / 2) step(0, j, block_lut);
+      k = seg_end;
     }
-    y[n] = hsum(acc) + (bias ? bias[n] : 0.0f);
+    V total = add(add(even[0][0], odd[0][0]), add(even[1][0], odd[1][0]));
+    for (int d = 1; d < kGroupVecs; ++d)
+      total = add(total, add(add(even[0][d], odd[0][d]), add(even[1][d], odd[1][d])));
+    y[n] = hsum(total) + (bias ? bias[n] : 0.0f);
   }
 }
 
 // ---- tile decoder for the GEMM paths --------------------------------------------------------
 void dequant_tile(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out, int64_t ldo) {
-  if (!W.rows_block_aligned() || k0 % 32 != 0) {
+  if (!W.rows_group_aligned() || k0 % 32 != 0) {
     nf4_dequant_tile_generic(W, n0, n1, k0, k1, out, ldo);
     return;
   }
   const int64_t K = W.cols, bs = W.blocksize;
   const int64_t k_fast_end = k0 + (k1 - k0) / 32 * 32;
   const Lut lut(W.code);
-  float scales[kScaleChunk + 1];
   for (int64_t n = n0; n < n1; ++n) {
     float* dst = out + (n - n0) * ldo - k0;
     const uint8_t* row = W.packed + n * (K / 2);
-    const int64_t row_block = n * (K / bs);
-    // Columns in chunks whose blocks fit the scale buffer.
-    for (int64_t kc = k0; kc < k_fast_end; kc += kScaleChunk * 32) {
-      const int64_t kc_end = imin(k_fast_end, kc + kScaleChunk * 32);
-      const int64_t b_first = kc / bs, b_last = (kc_end - 1) / bs;
-      W.block_scales(row_block + b_first, row_block + b_last + 1, scales);
-      for (int64_t k = kc; k < kc_end; k += 32) {
+    const int64_t row_start = n * K;
+    int64_t b = (row_start + k0) / bs;
+    for (int64_t k = k0; k < k_fast_end; ++b) {
+      const int64_t seg_end = imin(k_fast_end, (b + 1) * bs - row_start);
+      const Lut block_lut(lut, block_scale(W, b));
+      for (; k < seg_end; k += 32) {
         V hi[kGroupVecs], lo[kGroupVecs], w[2 * kGroupVecs];
-        decode16(row + k / 2, lut, hi, lo);
+        decode16(row + k / 2, block_lut, hi, lo);
         interleave(hi, lo, w);
-        const V scale = V::set1(scales[k / bs - b_first]);
-        for (int d = 0; d < 2 * kGroupVecs; ++d) mul(w[d], scale).store(dst + k + d * V::kLanes);
+        for (int d = 0; d < 2 * kGroupVecs; ++d) w[d].store(dst + k + d * V::kLanes);
       }
     }
   }

@@ -97,7 +97,7 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
   W.validate();
   ECOM_CHECK_ARG(M > 0, "nf4 matmul: x has no rows");
   const NF4Kernels& kern = nf4_kernels();
-  if (M <= kGemvMaxRows && W.rows_block_aligned())
+  if (M <= kGemvMaxRows && W.rows_group_aligned())
     gemv(kern, x, M, W, bias, y);
   else
     gemm(kern, x, M, W, bias, y);

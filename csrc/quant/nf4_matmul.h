@@ -30,8 +30,10 @@ struct NF4Matrix {
 
   int64_t numel() const { return rows * cols; }
   int64_t num_blocks() const { return (numel() + blocksize - 1) / blocksize; }
-  // True when every row starts on a block (and byte) boundary: the SIMD fast paths need it.
-  bool rows_block_aligned() const { return cols % blocksize == 0; }
+  // True when every row starts on a 32-element boundary. Then a group of 32 consecutive elements
+  // of a row never straddles a byte or a block (blocksizes are multiples of 32): the SIMD fast
+  // paths decode whole groups and need this.
+  bool rows_group_aligned() const { return cols % 32 == 0; }
   // Writes the fp32 scales of blocks [b0, b1) to out[0 .. b1-b0).
   void block_scales(int64_t b0, int64_t b1, float* out) const;
   // Throws ValueError if the pointers or sizes are inconsistent.
@@ -47,7 +49,7 @@ struct NF4Kernels {
   int gemm_t_mr;  // backward: rows of dy per micro-tile
   int gemm_t_kr;  // backward: columns of dx per micro-tile
 
-  // y[n] = dot(W[n, :], x) (+ bias[n]) for n in [n0, n1). Needs W.rows_block_aligned().
+  // y[n] = dot(W[n, :], x) (+ bias[n]) for n in [n0, n1). Needs W.rows_group_aligned().
   // x is split into x_even[K/2] (x[0], x[2], ...) and x_odd[K/2] to match the nibble order.
   void (*gemv_rows)(const NF4Matrix& W, const float* x_even, const float* x_odd, const float* bias, int64_t n0,
                     int64_t n1, float* y);
