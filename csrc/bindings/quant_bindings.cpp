@@ -95,42 +95,22 @@ class PyNF4Matrix {
 
   // x [..., K] float32 or bfloat16 -> y [..., N] float32.
   py::array_t<float> matmul(const py::array& x, std::optional<py::array> bias, bool bf16_bits) const {
-    const TensorView xv = activation_view(x, bf16_bits, m_.cols, "x");
     const float* bias_ptr = nullptr;
     if (bias) {
       const TensorView bv = expect_array(*bias, DType::F32, 1, "bias");
       ECOM_CHECK_ARG(bv.numel() == m_.rows, "bias: expected ", m_.rows, " values, got ", bv.numel());
       bias_ptr = bv.ptr<const float>();
     }
-    const int64_t M = xv.numel() / m_.cols;
-    std::vector<int64_t> out_shape(xv.shape.begin(), xv.shape.begin() + xv.ndim);
-    out_shape.back() = m_.rows;
-    auto y = new_array<float>(out_shape);
-    float* y_ptr = y.mutable_data();
-    {
-      py::gil_scoped_release release;
-      AlignedBuffer converted;
-      const float* x_ptr = as_f32(xv, converted);
-      quant::nf4_matmul(x_ptr, M, m_, bias_ptr, y_ptr);
-    }
-    return y;
+    return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
+      quant::nf4_matmul(in, M, m_, bias_ptr, out);
+    });
   }
 
   // dy [..., N] float32 or bfloat16 -> dx [..., K] float32.
   py::array_t<float> matmul_t(const py::array& dy, bool bf16_bits) const {
-    const TensorView dv = activation_view(dy, bf16_bits, m_.rows, "dy");
-    const int64_t M = dv.numel() / m_.rows;
-    std::vector<int64_t> out_shape(dv.shape.begin(), dv.shape.begin() + dv.ndim);
-    out_shape.back() = m_.cols;
-    auto dx = new_array<float>(out_shape);
-    float* dx_ptr = dx.mutable_data();
-    {
-      py::gil_scoped_release release;
-      AlignedBuffer converted;
-      const float* dy_ptr = as_f32(dv, converted);
-      quant::nf4_matmul_t(dy_ptr, M, m_, dx_ptr);
-    }
-    return dx;
+    return product(dy, bf16_bits, "dy", m_.rows, m_.cols, [&](const float* in, int64_t M, float* out) {
+      quant::nf4_matmul_t(in, M, m_, out);
+    });
   }
 
   py::array_t<float> dequantize() const {
@@ -171,6 +151,24 @@ class PyNF4Matrix {
                    "), got ", v.shape_str());
     ECOM_CHECK_ARG(v.numel() > 0, what, ": is empty");
     return v;
+  }
+
+  // Validates input [..., in_dim], allocates output [..., out_dim] and runs
+  // kernel(input_f32, rows, output) without the GIL (bf16 input is widened to fp32 first).
+  template <typename Kernel>
+  static py::array_t<float> product(const py::array& input, bool bf16_bits, const char* what, int64_t in_dim,
+                                    int64_t out_dim, Kernel&& kernel) {
+    const TensorView v = activation_view(input, bf16_bits, in_dim, what);
+    std::vector<int64_t> out_shape(v.shape.begin(), v.shape.begin() + v.ndim);
+    out_shape.back() = out_dim;
+    auto out = new_array<float>(out_shape);
+    float* out_ptr = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      AlignedBuffer converted;
+      kernel(as_f32(v, converted), v.numel() / in_dim, out_ptr);
+    }
+    return out;
   }
 
   // fp32 pointer to the activations; bf16 input is widened into `storage` (exact).

@@ -120,7 +120,7 @@ inline float block_scale(const NF4Matrix& W, int64_t b) {
 
 // Software prefetch distance for the streamed weight bytes: the decode is compute-heavy enough
 // that the hardware prefetcher alone leaves DRAM latency exposed.
-constexpr int64_t kPrefetchBytes = 1024;
+constexpr int64_t kPrefetchBytes = 2048;
 
 // ---- M = 1: fused decode + dot, memory bound -------------------------------------------------
 // A row is walked block segment by block segment (a block may start in the previous row when
