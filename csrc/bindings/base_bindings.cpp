@@ -15,15 +15,8 @@ namespace {
 // a 16-bit float type.
 template <typename In, typename Out, typename Fn>
 py::array_t<Out> convert_array(const py::array& x, DType in_dtype, Fn convert) {
-  TensorView v;
-  if (sizeof(In) == 2 && x.dtype().is(py::dtype::of<uint16_t>())) {
-    ECOM_CHECK_ARG(x.flags() & py::array::c_style, "x: expected a C-contiguous array");
-    v.data = const_cast<void*>(x.data());
-    v.ndim = static_cast<int>(x.ndim());
-    for (int i = 0; i < v.ndim; ++i) v.shape[i] = x.shape(i);
-  } else {
-    v = expect_array(x, in_dtype, -1, "x");
-  }
+  const TensorView v = (sizeof(In) == 2 && x.dtype().is(py::dtype::of<uint16_t>())) ? bits16_view(x, in_dtype, "x")
+                                                                                     : expect_array(x, in_dtype, -1, "x");
   auto out = new_array<Out>(std::vector<int64_t>(v.shape.begin(), v.shape.begin() + v.ndim));
   const In* src = static_cast<const In*>(v.data);
   Out* dst = out.mutable_data();

@@ -28,13 +28,15 @@ inline DType dtype_of(const py::array& a) {
   throw ValueError("unsupported array dtype '" + name + "'");
 }
 
-// A view of a C-contiguous array; `what` names the argument in error messages.
-inline TensorView view_of(const py::array& a, const char* what) {
+// A view of a C-contiguous array of the given core dtype, whatever numpy dtype it carries (the
+// caller checked it): shape and contiguity validated, element strides filled in.
+inline TensorView raw_view(const py::array& a, DType dtype, const char* what) {
   ECOM_CHECK_ARG(a.flags() & py::array::c_style, what, ": expected a C-contiguous array (use numpy.ascontiguousarray)");
-  ECOM_CHECK_ARG(a.ndim() <= TensorView::kMaxDims, what, ": at most ", TensorView::kMaxDims, " dimensions");
+  ECOM_CHECK_ARG(a.ndim() <= TensorView::kMaxDims, what, ": at most ", TensorView::kMaxDims, " dimensions, got ",
+                 a.ndim());
   TensorView v;
   v.data = const_cast<void*>(a.data());
-  v.dtype = dtype_of(a);
+  v.dtype = dtype;
   v.ndim = static_cast<int>(a.ndim());
   int64_t stride = 1;
   for (int i = v.ndim - 1; i >= 0; --i) {
@@ -43,6 +45,24 @@ inline TensorView view_of(const py::array& a, const char* what) {
     stride *= a.shape(i);
   }
   return v;
+}
+
+// A view of a C-contiguous array; `what` names the argument in error messages.
+inline TensorView view_of(const py::array& a, const char* what) {
+  DType dtype;
+  try {
+    dtype = dtype_of(a);
+  } catch (const ValueError& e) {
+    throw ValueError(std::string(what) + ": " + e.what());
+  }
+  return raw_view(a, dtype, what);
+}
+
+// A 16-bit float array given as its uint16 bit patterns (numpy has no bfloat16 dtype).
+inline TensorView bits16_view(const py::array& a, DType dtype, const char* what) {
+  ECOM_CHECK_ARG(a.dtype().is(py::dtype::of<uint16_t>()), what, ": expected uint16 bit patterns, got dtype ",
+                 std::string(py::str(a.dtype())));
+  return raw_view(a, dtype, what);
 }
 
 // A view of a contiguous array of the given dtype and (when ndim >= 0) number of dimensions.

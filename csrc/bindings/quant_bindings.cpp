@@ -24,17 +24,7 @@ void expect_finite(const float* p, int64_t n, const char* what) {
 
 // The input of quantize as a view: float32, float16, ml_dtypes.bfloat16, or uint16 bf16 bits.
 TensorView quantize_input(const py::array& x, bool bf16_bits) {
-  if (bf16_bits) {
-    ECOM_CHECK_ARG(x.dtype().is(py::dtype::of<uint16_t>()), "x: bf16_bits=True expects a uint16 array, got ",
-                   std::string(py::str(x.dtype())));
-    ECOM_CHECK_ARG(x.flags() & py::array::c_style, "x: expected a C-contiguous array");
-    TensorView v;
-    v.data = const_cast<void*>(x.data());
-    v.dtype = DType::BF16;
-    v.ndim = static_cast<int>(x.ndim());
-    for (int i = 0; i < v.ndim; ++i) v.shape[i] = x.shape(i);
-    return TensorView::contiguous(v.data, DType::BF16, {v.numel()});
-  }
+  if (bf16_bits) return bits16_view(x, DType::BF16, "x");
   TensorView v = view_of(x, "x");
   ECOM_CHECK_ARG(v.dtype == DType::F32 || v.dtype == DType::F16 || v.dtype == DType::BF16,
                  "x: expected float32, float16 or bfloat16, got ", dtype_name(v.dtype));
@@ -49,6 +39,7 @@ class PyNF4Matrix {
               std::optional<py::array> nested_absmax, std::optional<py::array> nested_code, double offset)
       : packed_(std::move(packed)), code_(std::move(code)) {
     ECOM_CHECK_ARG(rows > 0 && cols > 0, "shape must be positive, got (", rows, ", ", cols, ")");
+    ECOM_CHECK_ARG(rows <= (int64_t{1} << 62) / cols, "shape (", rows, ", ", cols, ") is too large");
     ECOM_CHECK_ARG(quant::nf4_blocksize_valid(blocksize), "blocksize must be a power of two in [32, 4096], got ", blocksize);
     m_.rows = rows;
     m_.cols = cols;
@@ -84,7 +75,7 @@ class PyNF4Matrix {
       const TensorView ncv = expect_array(nested_code_, DType::F32, 1, "nested_quant_map");
       ECOM_CHECK_ARG(ncv.numel() == 256, "nested_quant_map: expected 256 values, got ", ncv.numel());
       expect_finite(ncv.ptr<const float>(), 256, "nested_quant_map");
-      ECOM_CHECK_ARG(std::isfinite(offset), "nested_offset is not finite");
+      ECOM_CHECK_ARG(std::isfinite(static_cast<float>(offset)), "nested_offset ", offset, " is not finite as a float32");
       m_.qabsmax = qv.ptr<const uint8_t>();
       m_.nested_absmax = nv.ptr<const float>();
       m_.nested_code = ncv.ptr<const float>();
@@ -136,12 +127,7 @@ class PyNF4Matrix {
   static TensorView activation_view(const py::array& a, bool bf16_bits, int64_t last_dim, const char* what) {
     TensorView v;
     if (bf16_bits) {
-      ECOM_CHECK_ARG(a.dtype().is(py::dtype::of<uint16_t>()), what, ": bf16_bits=True expects uint16 bit patterns");
-      ECOM_CHECK_ARG(a.flags() & py::array::c_style, what, ": expected a C-contiguous array");
-      v.data = const_cast<void*>(a.data());
-      v.dtype = DType::BF16;
-      v.ndim = static_cast<int>(a.ndim());
-      for (int i = 0; i < v.ndim; ++i) v.shape[i] = a.shape(i);
+      v = bits16_view(a, DType::BF16, what);
     } else {
       v = view_of(a, what);
       ECOM_CHECK_ARG(v.dtype == DType::F32 || v.dtype == DType::BF16, what, ": expected float32 or bfloat16, got ",
@@ -242,7 +228,7 @@ void bind_quant(py::module_& m) {
     const TensorView av = expect_array(absmax, DType::F32, 1, "absmax");
     const int64_t nb = av.numel();
     ECOM_CHECK_ARG(nb > 0, "absmax: is empty");
-    ECOM_CHECK_ARG(std::isfinite(offset), "offset is not finite");
+    ECOM_CHECK_ARG(std::isfinite(static_cast<float>(offset)), "offset ", offset, " is not finite as a float32");
     auto q = new_array<uint8_t>({nb});
     auto nested = new_array<float>({(nb + quant::kNestedBlocksize - 1) / quant::kNestedBlocksize});
     uint8_t* qp = q.mutable_data();

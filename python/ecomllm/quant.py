@@ -23,6 +23,7 @@ stored in the file, so loading is exact either way.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -52,6 +53,10 @@ class _DoubleQuant:
     nested_absmax: np.ndarray  # float32 [ceil(nblocks / 256)]
     nested_code: np.ndarray    # float32 [256]
     offset: float
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _dtype_name(arr: np.ndarray) -> str:
@@ -241,15 +246,20 @@ class NF4Tensor:
         raw = get(qs_keys[0])
         try:
             meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-            blocksize = int(meta["blocksize"])
-            shape = tuple(int(d) for d in meta["shape"])
-            dtype = str(meta.get("dtype", "float32"))
-            if meta.get("quant_type", "nf4") != "nf4":
-                raise NF4StateError(f"quant_type {meta.get('quant_type')!r} is not nf4")
-        except NF4StateError:
-            raise
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
             raise NF4StateError(f"{qs_keys[0]}: unreadable quant state ({type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict) or "blocksize" not in meta or "shape" not in meta:
+            raise NF4StateError(f"{qs_keys[0]}: quant state must be a JSON object with blocksize and shape")
+        blocksize, shape = meta["blocksize"], meta["shape"]
+        if not _is_int(blocksize):
+            raise NF4StateError(f"blocksize must be an integer, got {blocksize!r}")
+        if (not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape)
+                or math.prod(shape) >= 2**62):
+            raise NF4StateError(f"shape must be a non-empty list of positive integers of sane size, got {shape!r}")
+        shape = tuple(shape)
+        dtype = meta.get("dtype", "float32")
+        if meta.get("quant_type", "nf4") != "nf4":
+            raise NF4StateError(f"quant_type {meta.get('quant_type')!r} is not nf4")
         if blocksize not in VALID_BLOCKSIZES:
             raise NF4StateError(f"blocksize {blocksize} is not one of {VALID_BLOCKSIZES}")
         packed = get(w)
@@ -266,16 +276,17 @@ class NF4Tensor:
                     raise NF4StateError(f"{w}.absmax: expected float32 without nested state, got {absmax.dtype}")
                 return cls(packed, absmax.reshape(-1), shape, blocksize, dtype, quant_map.reshape(-1))
             nested_code = get(f"{w}.nested_quant_map")
-            if int(meta.get("nested_blocksize", NESTED_BLOCKSIZE)) != NESTED_BLOCKSIZE:
+            if meta.get("nested_blocksize", NESTED_BLOCKSIZE) != NESTED_BLOCKSIZE:
                 raise NF4StateError(f"nested_blocksize must be {NESTED_BLOCKSIZE}")
             if absmax.dtype != np.uint8:
                 raise NF4StateError(f"{w}.absmax: expected uint8 with nested state, got {absmax.dtype}")
             if nested.dtype != np.float32 or nested_code.dtype != np.float32:
                 raise NF4StateError("nested_absmax and nested_quant_map must be float32")
-            if "nested_offset" not in meta:
-                raise NF4StateError("quant state lacks nested_offset")
+            offset = meta.get("nested_offset")
+            if not isinstance(offset, (int, float)) or isinstance(offset, bool):
+                raise NF4StateError(f"quant state lacks a numeric nested_offset (got {offset!r})")
             dq = _DoubleQuant(np.ascontiguousarray(absmax.reshape(-1)), np.ascontiguousarray(nested.reshape(-1)),
-                              np.ascontiguousarray(nested_code.reshape(-1)), float(meta["nested_offset"]))
+                              np.ascontiguousarray(nested_code.reshape(-1)), float(offset))
             return cls(packed, None, shape, blocksize, dtype, quant_map.reshape(-1), dq)
         except NF4StateError:
             raise

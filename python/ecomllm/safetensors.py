@@ -11,6 +11,7 @@ file + rename), so a crash never leaves a half-written file under the final name
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -40,6 +41,10 @@ _DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class SafetensorsError(ValueError):
@@ -147,16 +152,15 @@ def load_safetensors(path: str | os.PathLike, *, mmap: bool = True) -> dict[str,
         if dtype is None:
             raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']!r}")
         shape, offsets = info["shape"], info["data_offsets"]
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+        if (not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < 2**62 for d in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) for o in offsets)):
+                or not all(_is_int(o) for o in offsets)):
             raise SafetensorsError(f"{path}: tensor {name!r} has a malformed shape or data_offsets")
         begin, end = offsets
         if not 0 <= begin <= end <= buffer_size:
             raise SafetensorsError(f"{path}: tensor {name!r} bytes [{begin}, {end}) lie outside the "
                                    f"{buffer_size}-byte buffer (truncated file?)")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count * dtype.itemsize != end - begin:
+        if math.prod(shape) * dtype.itemsize != end - begin:  # exact Python ints: no overflow
             raise SafetensorsError(f"{path}: tensor {name!r} shape {shape} x {dtype.itemsize} bytes does not "
                                    f"match its {end - begin}-byte range")
         entries.append((begin, end, name, dtype, shape))

@@ -1,0 +1,20 @@
+"""Shared test setup: the reference helpers import as `_nf4_ref`, and no test leaks a SIMD level."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _restore_simd_level():
+    """Whatever a test does with set_simd_level, the next test starts at the level it found."""
+    from ecomllm import _core
+
+    before = _core.simd_level()
+    yield
+    _core.set_simd_level(before)
