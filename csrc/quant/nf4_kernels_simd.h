@@ -111,12 +111,23 @@ constexpr int kGemmTMR = 6;
 constexpr int kGemmMR = 2 * V::kLanes;   // forward micro-tile rows of x
 constexpr int kGemmTKR = 2 * V::kLanes;  // backward micro-tile columns of dx
 
-// The fp32 scale of block b (double quantization undone, rounding exactly as bitsandbytes).
-inline float block_scale(const NF4Matrix& W, int64_t b) {
-  if (W.absmax) return W.absmax[b];
-  const float scaled = W.nested_code[W.qabsmax[b]] * W.nested_absmax[static_cast<uint64_t>(b) / 256u];
-  return scaled + W.offset;
+// out[i] = fp32 scale of block b0 + i for i < count (double quantization undone, rounding exactly
+// as bitsandbytes: two float32 operations, no FMA).
+inline void block_scales_range(const NF4Matrix& W, int64_t b0, int64_t count, float* out) {
+  if (W.absmax) {
+    for (int64_t i = 0; i < count; ++i) out[i] = W.absmax[b0 + i];
+    return;
+  }
+  const uint8_t* q = W.qabsmax + b0;
+  const float* code = W.nested_code;
+  const float* nested = W.nested_absmax;
+  const float offset = W.offset;
+  for (int64_t i = 0; i < count; ++i) {
+    const float scaled = code[q[i]] * nested[static_cast<uint64_t>(b0 + i) / 256u];
+    out[i] = scaled + offset;
+  }
 }
+constexpr int64_t kScaleChunk = 64;
 
 // Software prefetch distance for the streamed weight bytes: the decode is compute-heavy enough
 // that the hardware prefetcher alone leaves DRAM latency exposed.
@@ -146,18 +157,26 @@ void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, cons
         odd[u][d] = fma(lo[d], V::load(x_odd + j + d * V::kLanes), odd[u][d]);
       }
     };
+    // Block scales are decoded a chunk at a time in their own loop (vectorisable, and off the
+    // decode loop's critical path: undoing double quantization per block inside it cost ~30%).
     int64_t b = row_start / bs;  // block of the row's first element; then one block per segment
-    for (int64_t k = 0; k < K; ++b) {
-      const int64_t seg_end = imin(K, (b + 1) * bs - row_start);
-      const Lut block_lut(lut, block_scale(W, b));
-      int64_t j = k / 2;
-      for (; j + 32 <= seg_end / 2; j += 32) {
-        _mm_prefetch(reinterpret_cast<const char*>(row + j) + kPrefetchBytes, _MM_HINT_T0);
-        step(0, j, block_lut);
-        step(1, j + 16, block_lut);
+    const int64_t b_end = (row_start + K - 1) / bs + 1;
+    float scales[kScaleChunk];
+    for (int64_t k = 0; b < b_end;) {
+      const int64_t chunk = imin(kScaleChunk, b_end - b);
+      block_scales_range(W, b, chunk, scales);
+      for (int64_t c = 0; c < chunk; ++c, ++b) {
+        const int64_t seg_end = imin(K, (b + 1) * bs - row_start);
+        const Lut block_lut(lut, scales[c]);
+        int64_t j = k / 2;
+        for (; j + 32 <= seg_end / 2; j += 32) {
+          _mm_prefetch(reinterpret_cast<const char*>(row + j) + kPrefetchBytes, _MM_HINT_T0);
+          step(0, j, block_lut);
+          step(1, j + 16, block_lut);
+        }
+        if (j < seg_end / 2) step(0, j, block_lut);
+        k = seg_end;
       }
-      if (j < seg_end / 2) step(0, j, block_lut);
-      k = seg_end;
     }
     V total = add(add(even[0][0], odd[0][0]), add(even[1][0], odd[1][0]));
     for (int d = 1; d < kGroupVecs; ++d)
@@ -179,15 +198,22 @@ void dequant_tile(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_
     float* dst = out + (n - n0) * ldo - k0;
     const uint8_t* row = W.packed + n * (K / 2);
     const int64_t row_start = n * K;
+    if (k_fast_end == k0) continue;
     int64_t b = (row_start + k0) / bs;
-    for (int64_t k = k0; k < k_fast_end; ++b) {
-      const int64_t seg_end = imin(k_fast_end, (b + 1) * bs - row_start);
-      const Lut block_lut(lut, block_scale(W, b));
-      for (; k < seg_end; k += 32) {
-        V hi[kGroupVecs], lo[kGroupVecs], w[2 * kGroupVecs];
-        decode16(row + k / 2, block_lut, hi, lo);
-        interleave(hi, lo, w);
-        for (int d = 0; d < 2 * kGroupVecs; ++d) w[d].store(dst + k + d * V::kLanes);
+    const int64_t b_end = (row_start + k_fast_end - 1) / bs + 1;
+    float scales[kScaleChunk];
+    for (int64_t k = k0; b < b_end;) {
+      const int64_t chunk = imin(kScaleChunk, b_end - b);
+      block_scales_range(W, b, chunk, scales);
+      for (int64_t c = 0; c < chunk; ++c, ++b) {
+        const int64_t seg_end = imin(k_fast_end, (b + 1) * bs - row_start);
+        const Lut block_lut(lut, scales[c]);
+        for (; k < seg_end; k += 32) {
+          V hi[kGroupVecs], lo[kGroupVecs], w[2 * kGroupVecs];
+          decode16(row + k / 2, block_lut, hi, lo);
+          interleave(hi, lo, w);
+          for (int d = 0; d < 2 * kGroupVecs; ++d) w[d].store(dst + k + d * V::kLanes);
+        }
       }
     }
   }
