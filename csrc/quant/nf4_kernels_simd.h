@@ -112,7 +112,8 @@ constexpr int kGemmMR = 2 * V::kLanes;   // forward micro-tile rows of x
 constexpr int kGemmTKR = 2 * V::kLanes;  // backward micro-tile columns of dx
 
 // out[i] = fp32 scale of block b0 + i for i < count (double quantization undone, rounding exactly
-// as bitsandbytes: two float32 operations, no FMA).
+// as bitsandbytes: two float32 operations, no FMA). Mirrors NF4Matrix::block_scales on purpose:
+// an inline copy here compiles per ISA and is inlined into the decode loops.
 inline void block_scales_range(const NF4Matrix& W, int64_t b0, int64_t count, float* out) {
   if (W.absmax) {
     for (int64_t i = 0; i < count; ++i) out[i] = W.absmax[b0 + i];
