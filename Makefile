@@ -6,11 +6,11 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 BUILD_DIR ?= build
-APT_PACKAGES := build-essential pkg-config libeigen3-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev
+APT_PACKAGES := build-essential pkg-config libeigen3-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev libopenblas-openmp-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PIP_QUIET := -q --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: all deps-system deps-build build build-test test test-cpp test-python demo bench clean
+.PHONY: all deps-system deps-build build build-test dev test test-cpp test-python demo bench clean
 
 all: build
 
@@ -33,6 +33,16 @@ build: deps-system deps-build
 # The same, plus the test/bench reference libraries (torch==2.13.0 CPU, bitsandbytes, ...).
 build-test: deps-system deps-build
 	$(PIP) install $(PIP_QUIET) --no-build-isolation -e ".[test,bench]" -Cbuild-dir=$(BUILD_DIR)/py
+
+# Developer build without pip: the module lands in python/ecomllm/ (git-ignored) and the C++ tests
+# in build/dev. pytest finds the package through pyproject's pythonpath setting, so after
+# `make dev` run `python -m pytest tests/python/...` or `build/dev/ecomllm_cpp_tests`.
+# (Do not combine with an editable install: its import hook would shadow this tree.)
+dev: deps-system deps-build
+	cmake -S . -B $(BUILD_DIR)/dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DECOMLLM_BUILD_TESTS=ON \
+	  -Dpybind11_DIR=$$($(PYTHON) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(command -v $(PYTHON)) \
+	  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(CURDIR)/python/ecomllm
+	cmake --build $(BUILD_DIR)/dev -j2
 
 test: test-cpp test-python
 

@@ -9,6 +9,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Subprocesses started by tests must import the same ecomllm as this process: with `make dev` the
+# package is found through pyproject's pythonpath (python/), which a child does not inherit.
+_PACKAGE_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (os.path.abspath(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p
+)
+
 
 @pytest.fixture(autouse=True)
 def _restore_simd_level():
