@@ -7,6 +7,7 @@ namespace ecomllm::bindings {
 void bind_base(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_nn_linear(py::module_& m);
+void bind_io(py::module_& m);
 }  // namespace ecomllm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   ecomllm::bindings::bind_base(m);
   ecomllm::bindings::bind_quant(m);
   ecomllm::bindings::bind_nn_linear(m);
+  ecomllm::bindings::bind_io(m);
 }
