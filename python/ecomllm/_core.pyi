@@ -199,3 +199,51 @@ def save_checkpoint(
     metadata: dict[str, str] | None = None,
     max_shard_bytes: int = 5_000_000_000,
 ) -> None: ...
+# ---- csrc/nn (submodule ecomllm._core.nn; numpy wrappers for tests) ----------------------------
+class nn:
+    @staticmethod
+    def embedding_forward(ids: npt.NDArray[np.int32], table: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def embedding_forward_bf16(ids: npt.NDArray[np.int32], table: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def embedding_backward(
+        dout: npt.NDArray[np.float32], ids: npt.NDArray[np.int32], V: int
+    ) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def rmsnorm_forward(
+        x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    @staticmethod
+    def rmsnorm_backward(
+        dy: npt.NDArray[np.float32], x: npt.NDArray[np.float32], w: npt.NDArray[np.float32],
+        rstd: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    @staticmethod
+    def rope_forward(x: npt.NDArray[np.float32], pos: npt.NDArray[np.int32], theta: float) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def rope_backward(dy: npt.NDArray[np.float32], pos: npt.NDArray[np.int32], theta: float) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def rope_inv_freq(D: int, theta: float) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def swiglu_forward(g: npt.NDArray[np.float32], u: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def swiglu_backward(
+        dh: npt.NDArray[np.float32], g: npt.NDArray[np.float32], u: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    @staticmethod
+    def cross_entropy_forward_backward(
+        logits: npt.NDArray[np.float32], labels: npt.NDArray[np.int32], grad_scale: float = 1.0
+    ) -> tuple[float, npt.NDArray[np.float32]]: ...
+    @staticmethod
+    def cross_entropy_forward(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.int32]) -> float: ...
+    @staticmethod
+    def attention_forward(
+        q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32],
+        seg: npt.NDArray[np.int32] | None = None, window: int = 0, scale: float | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    @staticmethod
+    def attention_backward(
+        dout: npt.NDArray[np.float32], q: npt.NDArray[np.float32], k: npt.NDArray[np.float32],
+        v: npt.NDArray[np.float32], out: npt.NDArray[np.float32], lse: npt.NDArray[np.float32],
+        seg: npt.NDArray[np.int32] | None = None, window: int = 0, scale: float | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
