@@ -446,7 +446,9 @@ int64_t BM25Index::search_unlocked(std::string_view query, int64_t k, const uint
   if (live_ == 0) return 0;
   const double n = static_cast<double>(live_);
   const double avgdl = static_cast<double>(total_len_) / n;
-  acc.assign(slot_id_.size(), 0.0);  // > 0 marks a touched slot: every term weight is > 0
+  // acc[slot] > 0 marks a touched slot (every term weight is > 0); touched entries are zeroed
+  // again below, so the scratch is cleared once per call, not once per query.
+  if (acc.size() != slot_id_.size()) acc.assign(slot_id_.size(), 0.0);
   touched.clear();
   for (const std::string& tok : tokens) {
     auto it = term_ids_.find(tok);
@@ -473,6 +475,7 @@ int64_t BM25Index::search_unlocked(std::string_view query, int64_t k, const uint
     out_ids[j] = slot_id_[touched[j]];
     out_scores[j] = static_cast<float>(acc[touched[j]]);
   }
+  for (uint32_t slot : touched) acc[slot] = 0.0;
   return found;
 }
 
