@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from . import _core
 from .quant import NF4Tensor
+from .bm25 import BM25Index
 
 __version__ = "0.1.0"
 
