@@ -3,6 +3,8 @@
 The numeric work runs in the C++ extension ``ecomllm._core``; this package is the Python face
 of it. Available now:
 
+- :class:`Model` / :class:`LoraConfig` / :class:`AdamW` -- Llama/Mistral forward and backward,
+  LoRA on an fp32/bf16/NF4 base, Hugging Face and PEFT files (:mod:`ecomllm.model`).
 - :mod:`ecomllm.quant` -- NF4 4-bit quantization (bitsandbytes-compatible) with fused matmuls.
 - :mod:`ecomllm.safetensors` -- dependency-free safetensors reading and atomic writing.
 - :func:`cpu_info` / :func:`set_simd_level` -- which SIMD kernels run, and forcing a level.
@@ -11,6 +13,8 @@ of it. Available now:
 from __future__ import annotations
 
 from . import _core
+from .model import LoraConfig, Model, ModelConfig
+from .optim import AdamW, clip_grad_norm
 from .quant import NF4Tensor
 from .bm25 import BM25Index
 
@@ -39,4 +43,4 @@ def simd_level() -> str:
     return _core.simd_level()
 
 
-__all__ = ["NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
+__all__ = ["Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
