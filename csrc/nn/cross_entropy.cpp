@@ -1,3 +1,9 @@
+// First line of the file so that every function in it (headers included) shares the option:
+// without it GCC will not if-convert the clamps of exp_approx and the hot loops stay scalar. We
+// never read floating-point exception flags, so assuming no traps changes no result.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include "nn/cross_entropy.h"
 
 #include <algorithm>
