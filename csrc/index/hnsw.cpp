@@ -509,6 +509,30 @@ void HnswIndex::connect(uint32_t slot, int level, uint32_t nb, int64_t cap, Scra
   unlock_links(list);
 }
 
+// Writes a new node's list at `level`. Another insert may already have linked itself in (it
+// reached this node on a higher level), so those links are kept: appended while there is room,
+// else the heuristic picks from the union. `chosen` stays as given (nearest first).
+void HnswIndex::set_own_links(uint32_t slot, int level, const std::vector<DistSlot>& chosen, int64_t cap, Scratch& s) {
+  uint32_t* list = links_at(slot, level);
+  lock_links(list);
+  const int n = count_ref(list).load(std::memory_order_relaxed);
+  std::vector<DistSlot> merged(chosen);
+  std::vector<uint32_t> extra;
+  for (int i = 0; i < n; ++i) {
+    const uint32_t x = link_ref(list, i).load(std::memory_order_relaxed);
+    if (std::none_of(chosen.begin(), chosen.end(), [x](const DistSlot& c) { return c.second == x; })) extra.push_back(x);
+  }
+  if (!extra.empty()) {
+    const float* base = p_.storage == Storage::F32 ? reinterpret_cast<const float*>(vec_at(slot)) : s.row.data();
+    if (p_.storage != Storage::F32) decode_row(slot, s.row.data());
+    const DistCtx dc(*this, distance_kernels(), base);
+    for (uint32_t x : extra) merged.emplace_back(dc(x), x);
+    if (static_cast<int64_t>(merged.size()) > cap) select_neighbors(merged, cap, s);
+  }
+  write_links(list, merged.data(), merged.size());
+  unlock_links(list);
+}
+
 // ---- insert -------------------------------------------------------------------------------------
 
 void HnswIndex::insert_slot(uint32_t slot, const float* row, int64_t id, Scratch& s) {
@@ -545,11 +569,8 @@ void HnswIndex::insert_slot(uint32_t slot, const float* row, int64_t id, Scratch
     search_layer(d, ep, ep_dist, p_.ef_construction, l, nullptr, false, s);
     std::vector<DistSlot> chosen(s.top.begin(), s.top.end());
     select_neighbors(chosen, p_.M, s);  // sorted nearest first
-    uint32_t* own = links_at(slot, l);
-    lock_links(own);
-    write_links(own, chosen.data(), chosen.size());
-    unlock_links(own);
     const int64_t cap = l == 0 ? M0_ : p_.M;
+    set_own_links(slot, l, chosen, cap, s);
     for (const DistSlot& c : chosen) connect(slot, l, c.second, cap, s);
     if (!chosen.empty()) {
       ep = chosen.front().second;
@@ -850,6 +871,10 @@ void HnswIndex::compact(int num_threads) {
     n_dead += dead[slot];
   }
   if (n_dead == 0) return;
+  if (n_dead * 4 >= used) {  // heavy deletion: rebuilding is about as cheap and as good as fresh
+    rebuild_live();
+    return;
+  }
   const uint64_t entry = entry_.load(std::memory_order_acquire);
   const int top_level = entry == kNoEntry ? -1 : entry_level(entry);
 
@@ -903,7 +928,15 @@ void HnswIndex::compact(int num_threads) {
           std::nth_element(out.begin(), out.begin() + keep, out.end());
           out.resize(keep);
         }
+        // The heuristic alone leaves repaired nodes with fewer links than their neighbours' back
+        // links would give them; top the list up with the nearest pruned candidates.
+        std::vector<DistSlot> all = out;
         select_neighbors(out, cap, *s);
+        std::sort(all.begin(), all.end());
+        for (const DistSlot& c : all) {
+          if (static_cast<int64_t>(out.size()) >= cap) break;
+          if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
+        }
       }
       release_scratch(std::move(s));
     });
@@ -937,6 +970,52 @@ void HnswIndex::compact(int num_threads) {
     entry_.store(kNoEntry, std::memory_order_release);
   }
   deleted_.store(0, std::memory_order_relaxed);
+}
+
+// Re-inserts the live rows into an empty graph on slots 0..live-1 (ids and labels kept). Caller
+// holds global_ exclusive. Rows come back decoded (bf16 / int8 re-encode to the same bytes).
+void HnswIndex::rebuild_live() {
+  const int64_t used = slots_used_;
+  std::vector<uint32_t> keep;
+  for (int64_t slot = 0; slot < used; ++slot)
+    if (state_ref(static_cast<uint32_t>(slot)).load(std::memory_order_relaxed) == kLive) keep.push_back(static_cast<uint32_t>(slot));
+  const int64_t n = static_cast<int64_t>(keep.size());
+  std::vector<float> rows(static_cast<size_t>(n) * p_.dim);
+  std::vector<int64_t> ids(n), labels(n);
+  for (int64_t i = 0; i < n; ++i) {
+    decode_row(keep[i], rows.data() + i * p_.dim);
+    ids[i] = ext_id_[keep[i]];
+    labels[i] = label_[keep[i]];
+  }
+  {
+    std::lock_guard<std::mutex> lock(ids_mutex_);
+    std::memset(level0_, 0, static_cast<size_t>(used) * elem_bytes_);
+    for (int64_t slot = 0; slot < used; ++slot) {
+      upper_[slot].reset();
+      ext_id_[slot] = label_[slot] = -1;
+    }
+    id_map_.clear();
+    for (int64_t i = 0; i < n; ++i) id_map_.emplace(ids[i], static_cast<uint32_t>(i));
+    free_slots_.clear();
+    slots_used_ = n;
+  }
+  entry_.store(kNoEntry, std::memory_order_release);
+  live_.store(0, std::memory_order_relaxed);
+  deleted_.store(0, std::memory_order_relaxed);
+  auto insert_range = [&](int64_t b, int64_t e) {
+    std::unique_ptr<Scratch> s = acquire_scratch();
+    for (int64_t i = b; i < e; ++i) {
+      const float* row = rows.data() + i * p_.dim;
+      std::copy(row, row + p_.dim, s->query.data());
+      insert_slot(static_cast<uint32_t>(i), s->query.data(), ids[i], *s);
+      label_[i] = labels[i];
+      live_.fetch_add(1, std::memory_order_relaxed);
+    }
+    release_scratch(std::move(s));
+  };
+  if (n == 0) return;
+  insert_range(0, 1);
+  parallel_for(1, n, 16, insert_range);
 }
 
 // ---- checks -------------------------------------------------------------------------------------

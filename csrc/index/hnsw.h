@@ -24,10 +24,14 @@
 //    `entry_mutex_` for its whole duration (as hnswlib does).
 //  - `ids_mutex_` guards the id map, the free-slot list and the slot counter.
 //
-// Deletion marks the slot deleted (never returned; still traversed). compact() repairs every
-// link list that points at a deleted node (candidates: the live neighbours plus the deleted
-// neighbours' live neighbours, pruned by the selection heuristic), unlinks the deleted nodes and
-// puts their slots on the free list, from which later adds take slots first.
+// Deletion marks the slot deleted (never returned; still traversed). compact() then either
+//  - (fewer than 1/4 of the used slots deleted) repairs every link list that points at a deleted
+//    node: candidates are the live neighbours plus the live nodes reached through deleted
+//    neighbours; the selection heuristic picks from them and the nearest pruned candidates top the
+//    list up to capacity. Deleted nodes are unlinked and their slots go on the free list, from
+//    which later adds take slots first; or
+//  - (heavier deletion) rebuilds the links over the live rows, which move to slots 0..live-1:
+//    the result is a fresh build over the same rows.
 //
 // Filtered search: a SearchFilter (allowed ids and/or "label in set") becomes a bitset over slots
 // in C++. When the allowed live count is at most exact_threshold * live (or below kExactMinCount)
@@ -108,7 +112,7 @@ class HnswIndex {
   // Marks ids deleted; unknown (or already deleted) ids are a ValueError unless missing_ok.
   // Returns how many were deleted.
   int64_t remove(const int64_t* ids, int64_t n, bool missing_ok);
-  // Repairs the links around deleted nodes and frees their slots (see the file comment).
+  // Repairs (or rebuilds) the links around deleted nodes and frees their slots (file comment).
   void compact(int num_threads = 0);
 
   void set_labels(const int64_t* ids, const int64_t* labels, int64_t n);
@@ -158,9 +162,12 @@ class HnswIndex {
                     const std::vector<uint64_t>* allowed, bool skip_dead, Scratch& s) const;
   void select_neighbors(std::vector<std::pair<float, uint32_t>>& cand, int64_t m, Scratch& s) const;
   void connect(uint32_t slot, int level, uint32_t nb, int64_t cap, Scratch& s);
+  void set_own_links(uint32_t slot, int level, const std::vector<std::pair<float, uint32_t>>& chosen, int64_t cap,
+                     Scratch& s);
   void encode_row(const float* row, std::byte* dst) const;  // vector (+ aux) of a slot
   void decode_row(uint32_t slot, float* out) const;
   void prepare_query(const float* q, float* out) const;  // copy (normalise for cosine), check finite
+  void rebuild_live();  // compact() after heavy deletion
   void check_writable() const;  // ValueError when opened with mmap=True
   void grow(int64_t min_capacity);                        // caller holds global_ exclusive
   void compute_layout();

@@ -4,6 +4,7 @@ The numeric work runs in the C++ extension ``ecomllm._core``; this package is th
 of it. Available now:
 
 - :mod:`ecomllm.quant` -- NF4 4-bit quantization (bitsandbytes-compatible) with fused matmuls.
+- :mod:`ecomllm.index` -- :class:`HNSWIndex`, an HNSW vector index (filters, deletes, mmap files).
 - :mod:`ecomllm.safetensors` -- dependency-free safetensors reading and atomic writing.
 - :func:`cpu_info` / :func:`set_simd_level` -- which SIMD kernels run, and forcing a level.
 """
@@ -11,6 +12,7 @@ of it. Available now:
 from __future__ import annotations
 
 from . import _core
+from .index import HNSWIndex
 from .quant import NF4Tensor
 
 __version__ = "0.1.0"
@@ -38,4 +40,4 @@ def simd_level() -> str:
     return _core.simd_level()
 
 
-__all__ = ["NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
+__all__ = ["HNSWIndex", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
