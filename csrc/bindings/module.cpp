@@ -11,6 +11,7 @@ void bind_io(py::module_& m);
 void bind_nn(py::module_& m);
 void bind_bm25(py::module_& m);
 void bind_model(py::module_& m);
+void bind_index(py::module_& m);
 }  // namespace ecomllm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
   ecomllm::bindings::bind_nn(m);
   ecomllm::bindings::bind_bm25(m);
   ecomllm::bindings::bind_model(m);
+  ecomllm::bindings::bind_index(m);
 }

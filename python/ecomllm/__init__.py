@@ -6,6 +6,7 @@ of it. Available now:
 - :class:`Model` / :class:`LoraConfig` / :class:`AdamW` -- Llama/Mistral forward and backward,
   LoRA on an fp32/bf16/NF4 base, Hugging Face and PEFT files (:mod:`ecomllm.model`).
 - :mod:`ecomllm.quant` -- NF4 4-bit quantization (bitsandbytes-compatible) with fused matmuls.
+- :mod:`ecomllm.index` -- :class:`HNSWIndex`, an HNSW vector index (filters, deletes, mmap files).
 - :mod:`ecomllm.safetensors` -- dependency-free safetensors reading and atomic writing.
 - :func:`cpu_info` / :func:`set_simd_level` -- which SIMD kernels run, and forcing a level.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 from . import _core
 from .model import LoraConfig, Model, ModelConfig
 from .optim import AdamW, clip_grad_norm
+from .index import HNSWIndex
 from .quant import NF4Tensor
 from .bm25 import BM25Index
+from . import rag
 
 __version__ = "0.1.0"
 
@@ -43,4 +46,5 @@ def simd_level() -> str:
     return _core.simd_level()
 
 
-__all__ = ["Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
+__all__ = ["HNSWIndex", "BM25Index", "rag", "Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
+__all__ = ["HNSWIndex", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
