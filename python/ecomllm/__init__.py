@@ -47,4 +47,3 @@ def simd_level() -> str:
 
 
 __all__ = ["HNSWIndex", "BM25Index", "rag", "Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
-__all__ = ["HNSWIndex", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
