@@ -786,12 +786,18 @@ int64_t HnswIndex::remove(const int64_t* ids, int64_t n, bool missing_ok) {
   check_writable();
   std::shared_lock<std::shared_mutex> shared(global_);
   std::lock_guard<std::mutex> lock(ids_mutex_);
+  // An id whose add is still running (mapped, slot not live yet) counts as absent: marking it
+  // deleted now would be undone when its insert publishes the slot.
+  auto live_slot = [&](int64_t id) {
+    const auto it = id_map_.find(id);
+    return it != id_map_.end() && state_ref(it->second).load(std::memory_order_acquire) == kLive ? it : id_map_.end();
+  };
   if (!missing_ok)
     for (int64_t i = 0; i < n; ++i)
-      ECOM_CHECK_ARG(id_map_.count(ids[i]), "id ", ids[i], " is not in the index (pass missing_ok=True to ignore)");
+      ECOM_CHECK_ARG(live_slot(ids[i]) != id_map_.end(), "id ", ids[i], " is not in the index (pass missing_ok=True to ignore)");
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const auto it = id_map_.find(ids[i]);
+    const auto it = live_slot(ids[i]);
     if (it == id_map_.end()) continue;
     state_ref(it->second).store(kDeleted, std::memory_order_release);
     id_map_.erase(it);
