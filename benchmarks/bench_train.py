@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""LoRA training-step benchmark: ecomllm (NF4 and bf16 base) vs transformers + PEFT on torch.
+
+Usage::
+
+    python benchmarks/bench_train.py            # readable summary on stdout
+    python benchmarks/bench_train.py --json     # exactly one JSON object on stdout
+    python benchmarks/bench_train.py --quick    # tiny model, 1 timed step (smoke run, < 1 min)
+    python benchmarks/bench_train.py --steps 5 --threads 2
+
+One step = LoRA (r=16, alpha=32, all seven projections, no dropout) forward + backward +
+AdamW step + zero_grad on a batch of [batch, seq] random token ids (labels = ids) of a
+Llama-shaped model with random weights (about 100M parameters by default).
+
+* ours      -- ecomllm.Model.from_pretrained(dir, quantize="nf4") (fp32 dense weights)
+* ours_bf16 -- ecomllm.Model.from_pretrained(dir, dtype="bf16") (no quantization)
+* torch     -- transformers LlamaForCausalLM (fp32) + peft.get_peft_model, torch.optim.AdamW
+
+The random model is written once with transformers' save_pretrained to a temporary folder. Each
+engine then runs in its own child process (this script with --engine ...), so that its peak
+resident memory (getrusage ru_maxrss) is its own: it includes the interpreter, the imported
+libraries and the model load, not only training. The children run one after another with the
+same thread count (OMP/BLAS variables before import, torch.set_num_threads). Timing: one warm-up
+step, then the median of --steps steps (time.perf_counter). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+TARGETS = {"speedup": 1.5, "memory_ratio": 0.5}
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_R, LORA_ALPHA, LR = 16, 32, 2e-4
+
+# ~99.5M parameters: embeddings 24.6M, lm_head (untied) 24.6M, 8 layers x 6.29M.
+FULL_SHAPE = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+                  num_attention_heads=12, num_key_value_heads=4)
+QUICK_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2)
+ENGINES = ("ours", "ours_bf16", "torch")
+
+
+def log(msg: str) -> None:
+    print(f"[bench_train] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quick", action="store_true", help="tiny model, seq 32, batch 2, 1 timed step")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per engine (default 3, --quick 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default 256, --quick 32)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 4, --quick 2)")
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
+    # internal: run one engine in this process and print its JSON result
+    p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.steps = a.steps if a.steps is not None else (1 if a.quick else 3)
+    a.seq = a.seq if a.seq is not None else (32 if a.quick else 256)
+    a.batch = a.batch if a.batch is not None else (2 if a.quick else 4)
+    if a.steps < 1 or a.threads < 1 or a.seq < 2 or a.batch < 1:
+        p.error("--steps, --threads, --batch must be >= 1 and --seq >= 2")
+    return a
+
+
+def rss_mb(field: str = "VmRSS") -> float | None:
+    """Current (VmRSS) or peak (VmHWM) resident memory of this process in MiB, from /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def batch_ids(vocab: int, batch: int, seq: int):
+    import numpy as np
+    rng = np.random.default_rng(1234)
+    return rng.integers(0, vocab, size=(batch, seq), dtype=np.int64)
+
+
+def timed_steps(step, steps: int) -> dict:
+    """One warm-up step, then `steps` timed ones; `step` returns a dict of phase seconds."""
+    t0 = time.perf_counter()
+    step()
+    warm = time.perf_counter() - t0
+    totals, phases = [], {}
+    for i in range(steps):
+        t0 = time.perf_counter()
+        ph = step()
+        totals.append(time.perf_counter() - t0)
+        for k, v in ph.items():
+            phases.setdefault(k, []).append(v)
+        log(f"  step {i + 1}/{steps}: {totals[-1]:.3f} s " + " ".join(f"{k}={v:.3f}" for k, v in ph.items()))
+    return {"warmup_s": warm, "step_s": totals, "median_step_s": statistics.median(totals),
+            "median_phase_s": {k: statistics.median(v) for k, v in phases.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# child: one engine
+# ---------------------------------------------------------------------------------------------
+def run_ours(a, cfg: dict, bf16: bool) -> dict:
+    import ecomllm
+    rss_imports = rss_mb()
+    t0 = time.perf_counter()
+    if bf16:
+        model = ecomllm.Model.from_pretrained(a.model_dir, dtype="bf16")
+    else:
+        model = ecomllm.Model.from_pretrained(a.model_dir, quantize="nf4")
+    model.add_lora(ecomllm.LoraConfig(r=LORA_R, alpha=LORA_ALPHA, target_modules="all-linear"))
+    opt = ecomllm.AdamW(model.trainable_parameters(), lr=LR)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss_mb()
+    ids = batch_ids(cfg["vocab_size"], a.batch, a.seq)
+    losses = []
+
+    def step():
+        t0 = time.perf_counter()
+        losses.append(model.forward_backward(ids, ids))
+        t1 = time.perf_counter()
+        opt.step()
+        t2 = time.perf_counter()
+        model.zero_grad()
+        t3 = time.perf_counter()
+        return {"forward_backward": t1 - t0, "opt_step": t2 - t1, "zero_grad": t3 - t2}
+
+    r = timed_steps(step, a.steps)
+    import ecomllm._core as core
+    r.update(load_s=load_s, rss_after_imports_mb=rss_imports, rss_after_load_mb=rss_loaded,
+             params=model.num_parameters(), trainable_params=model.num_parameters(trainable_only=True),
+             engine_threads=core.max_threads(), losses=losses)
+    return r
+
+
+def run_torch(a, cfg: dict) -> dict:
+    import torch
+    torch.set_num_threads(a.threads)
+    import peft
+    import transformers
+    rss_imports = rss_mb()
+    t0 = time.perf_counter()
+    model = transformers.LlamaForCausalLM.from_pretrained(a.model_dir, torch_dtype=torch.float32)
+    lcfg = peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=PROJECTIONS,
+                           task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, lcfg)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=LR)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss_mb()
+    ids = torch.from_numpy(batch_ids(cfg["vocab_size"], a.batch, a.seq))
+    losses = []
+
+    def step():
+        t0 = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        losses.append(float(loss))
+        return {"forward": t1 - t0, "backward": t2 - t1, "opt_step": t3 - t2, "zero_grad": t4 - t3}
+
+    r = timed_steps(step, a.steps)
+    r.update(load_s=load_s, rss_after_imports_mb=rss_imports, rss_after_load_mb=rss_loaded,
+             params=sum(p.numel() for p in model.parameters() if not p.requires_grad),
+             trainable_params=sum(p.numel() for p in trainable), engine_threads=torch.get_num_threads(),
+             attn_implementation=getattr(model.config, "_attn_implementation", None),
+             versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                       "peft": peft.__version__}, losses=losses)
+    return r
+
+
+def child_main(a) -> int:
+    import resource
+    with open(os.path.join(a.model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    # keep stdout for the single JSON line: libraries that print go to stderr
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        if a.engine == "torch":
+            r = run_torch(a, cfg)
+        else:
+            r = run_ours(a, cfg, bf16=a.engine == "ours_bf16")
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+    tokens = a.batch * a.seq
+    r.update(engine=a.engine, tokens_per_step=tokens, tokens_per_s=tokens / r["median_step_s"],
+             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # Linux: KiB
+    print(json.dumps(r), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parent: write the model, run each engine in a child, collect
+# ---------------------------------------------------------------------------------------------
+def write_model(shape: dict, path: str) -> int:
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**shape, max_position_embeddings=4096, tie_word_embeddings=False,
+                                   rms_norm_eps=1e-5, rope_theta=10000.0)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(path, safe_serialization=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_child(a, engine: str, model_dir: str) -> dict:
+    env = dict(os.environ)
+    for k in THREAD_ENV_VARS:
+        env[k] = str(a.threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "--engine", engine, "--model-dir", model_dir,
+           "--steps", str(a.steps), "--threads", str(a.threads), "--seq", str(a.seq), "--batch", str(a.batch)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    if p.returncode != 0 or not lines:
+        return {"error": f"child exited with {p.returncode}", "stdout_tail": p.stdout[-2000:]}
+    r = json.loads(lines[-1])
+    r["wall_s"] = time.perf_counter() - t0
+    return r
+
+
+def ratio(num, den):
+    return None if num is None or den in (None, 0) else num / den
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.engine:
+        return child_main(a)
+    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        log(f"unknown engines {bad}; choose from {ENGINES}")
+        return 2
+    shape = QUICK_SHAPE if a.quick else FULL_SHAPE
+    t_start = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as d:
+        log(f"writing random Llama model {shape} to {d}")
+        params = write_model(shape, d)
+        log(f"{params:,} parameters; batch {a.batch} x seq {a.seq}, {a.threads} threads, {a.steps} timed steps")
+        for e in engines:
+            log(f"engine {e} ...")
+            results[e] = run_child(a, e, d)
+            r = results[e]
+            if "error" in r:
+                log(f"engine {e} failed: {r['error']}")
+            else:
+                log(f"engine {e}: {r['tokens_per_s']:.1f} tokens/s, peak RSS {r['peak_rss_mb']:.0f} MiB")
+
+    def get(e, k):
+        return results.get(e, {}).get(k)
+
+    speedup = ratio(get("ours", "tokens_per_s"), get("torch", "tokens_per_s"))
+    memory_ratio = ratio(get("ours", "peak_rss_mb"), get("torch", "peak_rss_mb"))
+    out = {
+        "ours_tokens_per_s": get("ours", "tokens_per_s"),
+        "torch_tokens_per_s": get("torch", "tokens_per_s"),
+        "speedup": speedup,
+        "ours_peak_rss_mb": get("ours", "peak_rss_mb"),
+        "torch_peak_rss_mb": get("torch", "peak_rss_mb"),
+        "memory_ratio": memory_ratio,
+        "ours_bf16_tokens_per_s": get("ours_bf16", "tokens_per_s"),
+        "ours_bf16_peak_rss_mb": get("ours_bf16", "peak_rss_mb"),
+        "bf16_speedup": ratio(get("ours_bf16", "tokens_per_s"), get("torch", "tokens_per_s")),
+        "params": params,
+        "shape": shape,
+        "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "dropout": 0.0, "target_modules": PROJECTIONS},
+        "threads": a.threads,
+        "seq": a.seq,
+        "batch": a.batch,
+        "tokens_per_step": a.seq * a.batch,
+        "steps": a.steps,
+        "quick": a.quick,
+        "targets": TARGETS,
+        "meets_targets": {"speedup": None if speedup is None else speedup >= TARGETS["speedup"],
+                          "memory_ratio": None if memory_ratio is None else memory_ratio <= TARGETS["memory_ratio"]},
+        "notes": ("tokens_per_s = batch*seq / median step time (forward+backward+optimizer step+zero_grad) after "
+                  "1 warm-up step; peak_rss_mb = ru_maxrss of the engine's own child process: interpreter, "
+                  "imported libraries and model load included (rss_after_imports_mb / rss_after_load_mb in "
+                  "details separate them)"),
+        "details": results,
+        "total_wall_s": time.perf_counter() - t_start,
+        "errors": {e: r["error"] for e, r in results.items() if "error" in r},
+    }
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"model: {params:,} params, batch {a.batch} x seq {a.seq}, {a.threads} threads, median of {a.steps}")
+        for e in engines:
+            r = results[e]
+            if "error" in r:
+                print(f"  {e:10s} ERROR {r['error']}")
+                continue
+            ph = " ".join(f"{k}={v:.3f}s" for k, v in r["median_phase_s"].items())
+            print(f"  {e:10s} {r['tokens_per_s']:9.1f} tok/s  step {r['median_step_s']:.3f}s ({ph})  "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MiB (after load {r['rss_after_load_mb']:.0f})")
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        print(f"speedup {fmt(speedup)} (target >= {TARGETS['speedup']}), memory_ratio {fmt(memory_ratio)} "
+              f"(target <= {TARGETS['memory_ratio']})")
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
