@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 4, --quick 2)")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     # internal: run one engine in this process and print its JSON result
-    p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=ENGINES + ("write",), help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.steps = a.steps if a.steps is not None else (1 if a.quick else 3)
@@ -98,6 +98,7 @@ def timed_steps(step, steps: int) -> dict:
     step()
     warm = time.perf_counter() - t0
     totals, phases = [], {}
+    cpu0, wall0, load0 = os.times(), time.perf_counter(), os.getloadavg()[0]
     for i in range(steps):
         t0 = time.perf_counter()
         ph = step()
@@ -105,8 +106,14 @@ def timed_steps(step, steps: int) -> dict:
         for k, v in ph.items():
             phases.setdefault(k, []).append(v)
         log(f"  step {i + 1}/{steps}: {totals[-1]:.3f} s " + " ".join(f"{k}={v:.3f}" for k, v in ph.items()))
+    cpu1, wall1 = os.times(), time.perf_counter()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return {"warmup_s": warm, "step_s": totals, "median_step_s": statistics.median(totals),
-            "median_phase_s": {k: statistics.median(v) for k, v in phases.items()}}
+            "median_phase_s": {k: statistics.median(v) for k, v in phases.items()},
+            # CPU seconds this process got per wall second of the timed steps: well below the
+            # thread count means it was starved (other load on the machine) or ran serial parts
+            "cpu_cores_used": cpu / (wall1 - wall0),
+            "loadavg_1min": [load0, os.getloadavg()[0]]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +181,7 @@ def run_torch(a, cfg: dict) -> dict:
         t3 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return {"forward": t1 - t0, "backward": t2 - t1, "opt_step": t3 - t2, "zero_grad": t4 - t3}
 
     r = timed_steps(step, a.steps)
@@ -189,6 +196,9 @@ def run_torch(a, cfg: dict) -> dict:
 
 def child_main(a) -> int:
     import resource
+    if a.engine == "write":
+        print(json.dumps({"params": write_model(QUICK_SHAPE if a.quick else FULL_SHAPE, a.model_dir)}))
+        return 0
     with open(os.path.join(a.model_dir, "config.json")) as f:
         cfg = json.load(f)
     # keep stdout for the single JSON line: libraries that print go to stderr
@@ -203,8 +213,13 @@ def child_main(a) -> int:
         sys.stdout.flush()
         os.dup2(real_stdout, 1)
     tokens = a.batch * a.seq
+    # VmHWM is this process's own high-water mark. ru_maxrss (Linux: KiB) is the same here because
+    # the parent stays small (it writes the model in another child), but Linux carries a parent's
+    # maxrss over fork + exec, so it is only reported alongside.
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    hwm = rss_mb("VmHWM")
     r.update(engine=a.engine, tokens_per_step=tokens, tokens_per_s=tokens / r["median_step_s"],
-             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # Linux: KiB
+             peak_rss_mb=hwm if hwm is not None else maxrss, ru_maxrss_mb=maxrss)
     print(json.dumps(r), flush=True)
     return 0
 
@@ -229,6 +244,8 @@ def run_child(a, engine: str, model_dir: str) -> dict:
         env[k] = str(a.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", engine, "--model-dir", model_dir,
            "--steps", str(a.steps), "--threads", str(a.threads), "--seq", str(a.seq), "--batch", str(a.batch)]
+    if a.quick:
+        cmd.append("--quick")
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
     lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
@@ -257,7 +274,12 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as d:
         log(f"writing random Llama model {shape} to {d}")
-        params = write_model(shape, d)
+        # in a child, so that this process never holds torch (see child_main on ru_maxrss)
+        w = run_child(a, "write", d)
+        if "error" in w:
+            log(f"writing the model failed: {w['error']}")
+            return 1
+        params = w["params"]
         log(f"{params:,} parameters; batch {a.batch} x seq {a.seq}, {a.threads} threads, {a.steps} timed steps")
         for e in engines:
             log(f"engine {e} ...")
@@ -298,7 +320,9 @@ def main(argv=None) -> int:
         "notes": ("tokens_per_s = batch*seq / median step time (forward+backward+optimizer step+zero_grad) after "
                   "1 warm-up step; peak_rss_mb = ru_maxrss of the engine's own child process: interpreter, "
                   "imported libraries and model load included (rss_after_imports_mb / rss_after_load_mb in "
-                  "details separate them)"),
+                  "details separate them); details.*.cpu_cores_used = CPU seconds per wall second during "
+                  "the timed steps, loadavg_1min = machine load before/after: on a shared machine compare "
+                  "them before trusting the ratios"),
         "details": results,
         "total_wall_s": time.perf_counter() - t_start,
         "errors": {e: r["error"] for e, r in results.items() if "error" in r},
