@@ -61,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
     p.add_argument("--seq", type=int, default=None, help="sequence length (default 256, --quick 32)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 4, --quick 2)")
+    p.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
+                   help="OMP_WAIT_POLICY for every engine (default: unset, the libraries' own default). "
+                        "passive helps a lot on a machine shared with other load: idle OpenMP threads "
+                        "then sleep instead of spinning away the process's CPU share")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     # internal: run one engine in this process and print its JSON result
     p.add_argument("--engine", choices=ENGINES + ("write",), help=argparse.SUPPRESS)
@@ -109,6 +113,7 @@ def timed_steps(step, steps: int) -> dict:
     cpu1, wall1 = os.times(), time.perf_counter()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return {"warmup_s": warm, "step_s": totals, "median_step_s": statistics.median(totals),
+            "best_step_s": min(totals),
             "median_phase_s": {k: statistics.median(v) for k, v in phases.items()},
             # CPU seconds this process got per wall second of the timed steps: well below the
             # thread count means it was starved (other load on the machine) or ran serial parts
@@ -242,6 +247,8 @@ def run_child(a, engine: str, model_dir: str) -> dict:
     env = dict(os.environ)
     for k in THREAD_ENV_VARS:
         env[k] = str(a.threads)
+    if a.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = a.omp_wait_policy
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", engine, "--model-dir", model_dir,
            "--steps", str(a.steps), "--threads", str(a.threads), "--seq", str(a.seq), "--batch", str(a.batch)]
     if a.quick:
@@ -309,6 +316,8 @@ def main(argv=None) -> int:
         "shape": shape,
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "dropout": 0.0, "target_modules": PROJECTIONS},
         "threads": a.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") if a.omp_wait_policy is None else a.omp_wait_policy,
+        "best_step_speedup": ratio(get("torch", "best_step_s"), get("ours", "best_step_s")),
         "seq": a.seq,
         "batch": a.batch,
         "tokens_per_step": a.seq * a.batch,
