@@ -29,6 +29,7 @@
 
 #include "base/error.h"
 #include "base/parallel.h"
+#include "index/hnsw.h"
 
 namespace ecomllm::index {
 
@@ -169,23 +170,7 @@ char32_t to_lower(char32_t c) {
 
 // ---- checksum and byte I/O -----------------------------------------------------------------------
 
-constexpr std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
-constexpr auto kCrcTable = make_crc_table();
-
-// CRC-32 as zlib.crc32 computes it.
-uint32_t crc32(const uint8_t* p, size_t n) {
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; ++i) c = kCrcTable[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
-}
+// The checksum is index::crc32 (hnsw.h), the one the vector index files use too.
 
 constexpr char kMagic[8] = {'E', 'C', 'M', 'B', 'M', '2', '5', '\0'};
 constexpr uint32_t kFormatVersion = 1;

@@ -63,6 +63,20 @@ bool module_matches(const AdapterConfig& cfg, const std::string& module) {
   return false;
 }
 
+// Splits "model.layers.{i}.{rest}" into (i, rest); false when the name is not of that form or i is
+// not a layer of this model.
+bool split_layer_name(const std::string& name, int64_t num_layers, int64_t* layer, std::string* rest) {
+  const std::string pre = "model.layers.";
+  if (name.rfind(pre, 0) != 0) return false;
+  const size_t dot = name.find('.', pre.size());
+  if (dot == std::string::npos) return false;
+  const std::string idx = name.substr(pre.size(), dot - pre.size());
+  if (idx.empty() || idx.size() > 6 || !std::all_of(idx.begin(), idx.end(), ::isdigit)) return false;
+  *layer = std::stoll(idx);
+  *rest = name.substr(dot + 1);
+  return *layer < num_layers;
+}
+
 }  // namespace
 
 const char* proj_name(int p) { return kProjNames[p]; }
@@ -172,15 +186,9 @@ std::vector<std::string> LlamaModel::weight_names() const {
 nn::Linear* LlamaModel::find_linear(const std::string& module) {
   if (module == "model.embed_tokens") return embed_.get();
   if (module == "lm_head") return lm_head_ ? lm_head_.get() : nullptr;
-  const std::string pre = "model.layers.";
-  if (module.rfind(pre, 0) != 0) return nullptr;
-  size_t dot = module.find('.', pre.size());
-  if (dot == std::string::npos) return nullptr;
-  const std::string idx = module.substr(pre.size(), dot - pre.size());
-  if (idx.empty() || idx.size() > 6 || !std::all_of(idx.begin(), idx.end(), ::isdigit)) return nullptr;
-  const int64_t l = std::stoll(idx);
-  if (l >= cfg_.num_hidden_layers) return nullptr;
-  const std::string rest = module.substr(dot + 1);
+  int64_t l = 0;
+  std::string rest;
+  if (!split_layer_name(module, cfg_.num_hidden_layers, &l, &rest)) return nullptr;
   for (int p = 0; p < kNumProj; ++p)
     if (rest == kProjModules[p]) return layers_[l]->proj[p].get();
   return nullptr;
@@ -192,15 +200,9 @@ float* LlamaModel::norm_weight(const std::string& name, bool grad) {
     return g.size() ? g.as<float>() : nullptr;
   };
   if (name == "model.norm.weight") return pick(final_norm_, d_final_norm_);
-  const std::string pre = "model.layers.";
-  if (name.rfind(pre, 0) != 0) return nullptr;
-  size_t dot = name.find('.', pre.size());
-  if (dot == std::string::npos) return nullptr;
-  const std::string idx = name.substr(pre.size(), dot - pre.size());
-  if (idx.empty() || idx.size() > 6 || !std::all_of(idx.begin(), idx.end(), ::isdigit)) return nullptr;
-  const int64_t l = std::stoll(idx);
-  if (l >= cfg_.num_hidden_layers) return nullptr;
-  const std::string rest = name.substr(dot + 1);
+  int64_t l = 0;
+  std::string rest;
+  if (!split_layer_name(name, cfg_.num_hidden_layers, &l, &rest)) return nullptr;
   if (rest == "input_layernorm.weight") return pick(layers_[l]->input_norm, layers_[l]->d_input_norm);
   if (rest == "post_attention_layernorm.weight") return pick(layers_[l]->post_norm, layers_[l]->d_post_norm);
   return nullptr;
