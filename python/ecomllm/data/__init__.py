@@ -1,0 +1,10 @@
+"""E-commerce data: published-format loaders, the bundled catalogue, task converters, packing.
+
+Records: :class:`Product`, :class:`QAItem`, :class:`Example` (see :mod:`ecomllm.data.schema`).
+"""
+
+from .schema import (AttributeSpan, CATEGORY_SEPARATOR, DataError, Example, GENERAL_TASK, Paragraph,
+                     Product, QAItem, TASK_PREFIXES, from_dict, to_dict)
+
+__all__ = ["AttributeSpan", "CATEGORY_SEPARATOR", "DataError", "Example", "GENERAL_TASK", "Paragraph",
+           "Product", "QAItem", "TASK_PREFIXES", "from_dict", "to_dict"]

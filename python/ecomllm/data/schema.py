@@ -1,0 +1,116 @@
+"""The records every loader, the catalogue generator and the task converters share.
+
+Loaders turn a published format into these; converters (:mod:`ecomllm.data.tasks`) turn them into
+:class:`Example` instruction records; :mod:`ecomllm.data.packing` tokenizes and packs those.
+Everything is plain data (dataclasses of str / int / list / dict), so it round-trips through JSON
+with :func:`to_dict` / :func:`from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Task names of the instruction schema and the prefix each prompt starts with.
+TASK_PREFIXES = {
+    "classify": "[CLASSIFY]",  # product -> category path "A > B > C"
+    "extract": "[EXTRACT]",    # product -> attributes as a JSON object
+    "qa": "[QA]",              # product text + question -> answer
+}
+GENERAL_TASK = "general"       # general instructions mixed in against forgetting (no prefix)
+CATEGORY_SEPARATOR = " > "     # Google taxonomy style path separator
+
+
+class DataError(ValueError):
+    """Malformed input data. The message names the file and the 1-based line (or row) at fault."""
+
+    def __init__(self, path: str, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+
+
+@dataclass
+class Paragraph:
+    """One piece of product text, as in MAVE (`source` is "title", "description", "feature", ...)."""
+    text: str
+    source: str = "description"
+
+
+@dataclass
+class AttributeSpan:
+    """MAVE evidence: `value` is paragraphs[pid].text[begin:end] (end exclusive, in characters)."""
+    key: str
+    value: str
+    pid: int
+    begin: int
+    end: int
+
+
+@dataclass
+class Product:
+    """A catalogue product.
+
+    category: the path from the root, e.g. ["Home & Garden", "Kitchen & Dining", "Cookware"];
+        empty when unknown.
+    attributes: attribute name -> value as the answer should give it (the extraction target).
+        An attribute known to be absent is simply not in the dict.
+    paragraphs / spans: MAVE-form text and attribute evidence (spans may be empty when the source
+        gives values without positions).
+    """
+    id: str
+    title: str
+    category: list[str] = field(default_factory=list)
+    description: str = ""
+    brand: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    paragraphs: list[Paragraph] = field(default_factory=list)
+    spans: list[AttributeSpan] = field(default_factory=list)
+    source: str = ""                      # data set name, e.g. "mave", "flipkart", "bundled"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QAItem:
+    """A shopper's question about one product with its answer and the evidence it rests on.
+
+    qtype: "yesno" or "descriptive". answerable=False means the evidence does not answer the
+    question (the expected answer then says so).
+    """
+    product_id: str
+    question: str
+    answer: str
+    evidence: list[str] = field(default_factory=list)
+    qtype: str = "descriptive"
+    answerable: bool = True
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Example:
+    """One instruction record: `prompt` (task prefix included, no chat markup) -> `completion`.
+
+    task: a key of TASK_PREFIXES, GENERAL_TASK, or another published task name (ECInstruct).
+    meta: provenance (product id, category, brand, source) used for splits and reports.
+    """
+    task: str
+    prompt: str
+    completion: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def to_dict(record) -> dict:
+    """A dataclass record as a JSON-ready dict."""
+    return dataclasses.asdict(record)
+
+
+def from_dict(cls, d: dict):
+    """Rebuild `cls` (Product, QAItem or Example) from :func:`to_dict` output."""
+    d = dict(d)
+    if cls is Product:
+        d["paragraphs"] = [Paragraph(**p) for p in d.get("paragraphs", [])]
+        d["spans"] = [AttributeSpan(**s) for s in d.get("spans", [])]
+    return cls(**d)
