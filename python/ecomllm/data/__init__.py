@@ -3,8 +3,8 @@
 Records: :class:`Product`, :class:`QAItem`, :class:`Example` (see :mod:`ecomllm.data.schema`).
 """
 
-from .schema import (AttributeSpan, CATEGORY_SEPARATOR, DataError, Example, GENERAL_TASK, Paragraph,
-                     Product, QAItem, TASK_PREFIXES, from_dict, to_dict)
+from .schema import (AttributeSpan, CATEGORY_SEPARATOR, DataError, Example, GENERAL_TASK, NOT_AVAILABLE, Paragraph,
+                     Product, QAItem, TASK_PREFIXES, UNANSWERABLE_ANSWER, from_dict, to_dict)
 
-__all__ = ["AttributeSpan", "CATEGORY_SEPARATOR", "DataError", "Example", "GENERAL_TASK", "Paragraph",
-           "Product", "QAItem", "TASK_PREFIXES", "from_dict", "to_dict"]
+__all__ = ["AttributeSpan", "CATEGORY_SEPARATOR", "DataError", "Example", "GENERAL_TASK", "NOT_AVAILABLE", "Paragraph",
+           "Product", "QAItem", "TASK_PREFIXES", "UNANSWERABLE_ANSWER", "from_dict", "to_dict"]

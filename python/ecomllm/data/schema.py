@@ -20,6 +20,8 @@ TASK_PREFIXES = {
 }
 GENERAL_TASK = "general"       # general instructions mixed in against forgetting (no prefix)
 CATEGORY_SEPARATOR = " > "     # Google taxonomy style path separator
+NOT_AVAILABLE = "n/a"          # extraction value of an asked attribute the product does not state
+UNANSWERABLE_ANSWER = "The product information does not say."  # QA answer when evidence is silent
 
 
 class DataError(ValueError):
@@ -57,6 +59,9 @@ class Product:
         empty when unknown.
     attributes: attribute name -> value as the answer should give it (the extraction target).
         An attribute known to be absent is simply not in the dict.
+    meta["attribute_keys"] (optional): the ordered attribute names to ask for when extracting
+        (the category's schema, ExtractGPT style); asked keys missing from `attributes` are
+        answered NOT_AVAILABLE.
     paragraphs / spans: MAVE-form text and attribute evidence (spans may be empty when the source
         gives values without positions).
     """
