@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from .schema import AttributeSpan, DataError, Example, MatchPair, NOT_AVAILABLE, Paragraph, Product, QAItem
 from .taxonomy import Taxonomy, parse_path
 
-__all__ = ["iter_jsonl", "load_mave", "load_offers", "load_ecinstruct", "load_amazonqa", "load_product_qa_csv",
+__all__ = ["iter_jsonl", "clean_flipkart_path", "load_mave", "load_offers", "load_ecinstruct", "load_amazonqa", "load_product_qa_csv",
            "load_google_taxonomy", "load_matching_pairs", "load_flipkart"]
 
 
