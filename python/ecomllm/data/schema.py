@@ -107,6 +107,15 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class MatchPair:
+    """Two product offers and whether they are the same product (1) or not (0), as in Ditto's
+    matching data: each side maps attribute names ("title", "price", ...) to values."""
+    left: dict[str, Any]
+    right: dict[str, Any]
+    label: int
+
+
 def to_dict(record) -> dict:
     """A dataclass record as a JSON-ready dict."""
     return dataclasses.asdict(record)
