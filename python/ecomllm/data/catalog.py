@@ -120,7 +120,8 @@ POOLS = {
                      "Wi-Fi 6", "NFC"],
     "Power Source": ["Battery Powered", "Corded Electric", "USB Rechargeable", "Solar Powered", "AC Adapter",
                      "Manual"],
-    "Finish": ["Matte", "Glossy", "Brushed", "Satin", "Polished", "Powder Coated", "Oil-Rubbed Bronze", "Brushed Nickel"],
+    "Finish": ["Matte", "Glossy", "Brushed", "Satin", "Polished", "Powder Coated", "Oil-Rubbed Bronze",
+               "Brushed Nickel"],
     "Style": ["Modern", "Classic", "Vintage", "Farmhouse", "Minimalist", "Industrial", "Casual", "Sporty", "Boho",
               "Mid-Century"],
     "Shape": ["Round", "Square", "Rectangular", "Oval", "Hexagonal", "Heart"],
@@ -182,7 +183,8 @@ CLAIMS = {
                   ["The lid is not leak-proof."], "Yes, it is leak-proof.", "No, it is not leak-proof."),
     "microwave": (["Is it microwave safe?", "Can I microwave it?"], ["Microwave safe."],
                   ["Do not use in the microwave."], "Yes, it is microwave safe.", "No, it is not microwave safe."),
-    "machine_wash": (["Is it machine washable?", "Can I machine wash it?"], ["Machine washable.", "Easy care: machine wash cold."],
+    "machine_wash": (["Is it machine washable?", "Can I machine wash it?"],
+                     ["Machine washable.", "Easy care: machine wash cold."],
                      ["Dry clean only."], "Yes, it is machine washable.", "No, it is dry clean only."),
     "waterproof": (["Is it waterproof?", "Can it get wet?"], ["Waterproof design keeps water out."],
                    ["Not waterproof; keep away from water."], "Yes, it is waterproof.", "No, it is not waterproof."),
@@ -239,7 +241,8 @@ CLAIMS = {
 # A value spec is (kind, argument) for _make_value; profiles override it per category.
 ATTRIBUTES = {
     "Brand": (("brand", None), ["Designed by {v}."], ["Who makes it?", "What brand is it?"], "It is made by {v}."),
-    "Color": (("color", None), ["Finished in {v}.", "This one comes in {v}."], ["What color is it?", "What colour is it?"],
+    "Color": (("color", None), ["Finished in {v}.", "This one comes in {v}."],
+              ["What color is it?", "What colour is it?"],
               "It comes in {v}."),
     "Size": (("size", "generic"), ["Size: {v}.", "Available here in size {v}."], ["What size is it?"],
              "The size is {v}."),
@@ -344,12 +347,17 @@ PROFILES = {
     "pet_gear": _p("Brand, Size, Color, Material, Model Number, Dimensions", "Size, Color, Material",
                    {"Size": ("pool", SIZES["generic"][:4]), "Material": _M("fabric")}, "machine_wash adjustable",
                    "Reflective Trim, Storage Pouch", "for dogs and cats of all sizes"),
+    "aquarium": _p("Brand, Capacity, Wattage, Material, Color, Dimensions", "Capacity, Wattage, Material",
+                   {"Capacity": ("liter", (10, 200, 10)), "Wattage": ("watts", [5, 10, 25, 50, 100, 200]),
+                    "Material": ("pool", ["Glass", "Acrylic", "Tempered Glass", "Plastic", "Natural Stone"])},
+                   "warranty", "LED Light, Thermometer", "for healthy freshwater and marine tanks"),
     "pet_food": _p("Brand, Flavor, Weight, Age Group, Pack Quantity", "Flavor, Weight, Age Group, Pack Quantity",
                    {"Weight": ("grams", (200, 5000, 100)), "Age Group": ("pool", PET_AGES),
                     "Flavor": ("pool", ["Chicken", "Salmon", "Beef", "Lamb & Rice", "Turkey", "Duck", "Tuna"])},
                    "gluten_free organic", "Resealable Bag", "to keep your pet healthy"),
     "apparel_top": _p("Brand, Size, Color, Material, Fit, Sleeve Length, Gender, Pattern",
-                      "Gender, Color, Size, Sleeve Length, Fit, Material", {"Size": _S("apparel"), "Material": _M("fabric")},
+                      "Gender, Color, Size, Sleeve Length, Fit, Material",
+                      {"Size": _S("apparel"), "Material": _M("fabric")},
                       "machine_wash", "Pockets, Hood, Zip Front", "for everyday wear"),
     "apparel_bottom": _p("Brand, Size, Color, Material, Fit, Gender, Pattern", "Gender, Fit, Color, Size, Material",
                          {"Size": _S("apparel"), "Material": _M("fabric")}, "machine_wash",
@@ -369,11 +377,13 @@ PROFILES = {
                      {"Material": ("pool", ["Spruce", "Mahogany", "Maple", "Rosewood", "Basswood", "Plastic"]),
                       "Size": ("pool", ["Full Size", "3/4 Size", "1/2 Size", "Concert", "Soprano"])},
                      "", "Gig Bag, Tuner, Extra Strings", "for beginners and pros"),
-    "party": _p("Brand, Color, Pack Quantity, Material, Shape", "Pack Quantity, Color, Shape", {"Material": _M("craft")},
+    "party": _p("Brand, Color, Pack Quantity, Material, Shape", "Pack Quantity, Color, Shape",
+                {"Material": _M("craft")},
                 "", "Ribbon, Pump", "for birthdays and celebrations"),
     "baby": _p("Brand, Age Group, Color, Material, Pack Quantity, Size", "Age Group, Color, Pack Quantity",
                {"Age Group": ("pool", ["0-6 Months", "6-12 Months", "Newborn", "12 Months+", "0-3 Years"]),
-                "Material": _M("toy"), "Size": _S("kids")}, "bpa machine_wash", "Travel Case", "for babies and toddlers"),
+                "Material": _M("toy"), "Size": _S("kids")}, "bpa machine_wash", "Travel Case",
+               "for babies and toddlers"),
     "toy": _p("Brand, Age Group, Color, Material, Piece Count, Power Source", "Piece Count, Age Group, Color",
               {"Age Group": ("pool", TOY_AGES), "Material": _M("toy"),
                "Power Source": ("pool", ["Battery Powered", "USB Rechargeable", "Manual"])},
@@ -416,7 +426,8 @@ PROFILES = {
     "audio": _p("Brand, Connectivity, Battery, Color, Model Number, Weight", "Connectivity, Color, Model Number",
                 {"Weight": ("grams", (30, 3000, 10))}, "anc mic waterproof", "Charging Case, Carry Pouch",
                 "for music lovers"),
-    "tv": _p("Brand, Screen Size, Resolution, Connectivity, Model Number, Color", "Screen Size, Resolution, Model Number",
+    "tv": _p("Brand, Screen Size, Resolution, Connectivity, Model Number, Color",
+             "Screen Size, Resolution, Model Number",
              {"Screen Size": ("inch", [24, 27, 32, 43, 50, 55, 65, 75])}, "remote warranty", "Wall Mount, Remote",
              "for movies, games and sports"),
     "network": _p("Brand, Connectivity, Color, Model Number, Dimensions", "Connectivity, Model Number",
@@ -438,14 +449,19 @@ PROFILES = {
                                         "Original", "Mixed Berry", "Vanilla", "Chocolate"])},
                    "caffeine organic sugar_free", "", "for a refreshing break"),
     "furniture": _p("Brand, Material, Color, Dimensions, Weight Capacity, Style, Finish",
-                    "Material, Color, Style, Weight Capacity", {"Material": _M("wood"), "Dimensions": ("dims", (40, 200))},
+                    "Material, Color, Style, Weight Capacity",
+                    {"Material": _M("wood"), "Dimensions": ("dims", (40, 200))},
                     "assembly", "Storage Drawer, Cushion", "for living spaces big and small"),
-    "power_tool": _p("Brand, Voltage, Power Source, Battery, Weight, Model Number", "Voltage, Power Source, Model Number",
+    "power_tool": _p("Brand, Voltage, Power Source, Battery, Weight, Model Number",
+                     "Voltage, Power Source, Model Number",
                      {"Voltage": ("volts", [12, 18, 20, 40]), "Battery": ("mah", [2000, 4000, 5000]),
-                      "Power Source": ("pool", ["Cordless", "Corded Electric", "Battery Powered"])}, "batteries warranty",
+                      "Power Source": ("pool", ["Cordless", "Corded Electric", "Battery Powered"])},
+                     "batteries warranty",
                      "Carrying Case, Charger", "for DIY projects and pros"),
     "hand_tool": _p("Brand, Material, Size, Piece Count, Finish", "Piece Count, Material, Size",
-                    {"Material": _M("metal"), "Piece Count": ("pieces", [5, 8, 12, 20, 40, 72])}, "warranty",
+                    {"Material": _M("metal"), "Size": ("pool", ["Metric", "SAE", "1/4-inch Drive", "3/8-inch Drive",
+                                                                "1/2-inch Drive", "Standard", "Compact"]),
+                     "Piece Count": ("pieces", [5, 8, 12, 20, 40, 72])}, "warranty",
                     "Storage Case", "for the toolbox"),
     "hardware": _p("Brand, Material, Finish, Pack Quantity, Size, Color", "Pack Quantity, Finish, Material",
                    {"Material": _M("metal")}, "", "Mounting Screws", "for home repairs"),
@@ -477,7 +493,8 @@ PROFILES = {
                        {"Material": _M("kitchen")}, "dishwasher bpa", "Hanging Loop, Storage Stand",
                        "for every home cook"),
     "container": _p("Brand, Capacity, Material, Pack Quantity, Color, Shape", "Pack Quantity, Capacity, Material",
-                    {"Capacity": ("ml", (200, 3000, 100)), "Material": _M("drink")}, "dishwasher bpa leakproof microwave",
+                    {"Capacity": ("ml", (200, 3000, 100)), "Material": _M("drink")},
+                    "dishwasher bpa leakproof microwave",
                     "Labels, Lids", "for meal prep and leftovers"),
     "bedding": _p("Brand, Size, Color, Material, Thread Count, Pattern", "Size, Thread Count, Material, Color",
                   {"Size": _S("bed"), "Material": _M("bedding")}, "machine_wash hypoallergenic", "Pillowcases",
@@ -489,14 +506,16 @@ PROFILES = {
     "lighting": _p("Brand, Wattage, Color, Finish, Style, Power Source", "Wattage, Style, Finish, Color",
                    {"Wattage": ("watts", [5, 9, 12, 40, 60, 100])}, "dimmable remote", "LED Bulb, Remote",
                    "for warm, inviting light"),
-    "cleaning": _p("Brand, Scent, Volume, Pack Quantity", "Scent, Volume, Pack Quantity", {"Volume": ("ml", (250, 3000, 50))},
+    "cleaning": _p("Brand, Scent, Volume, Pack Quantity", "Scent, Volume, Pack Quantity",
+                   {"Volume": ("ml", (250, 3000, 50))},
                    "cruelty_free vegan", "", "for a sparkling clean home"),
     "home_appliance": _p("Brand, Wattage, Color, Voltage, Model Number, Capacity, Power Source",
                          "Wattage, Model Number, Color", {"Capacity": ("liter", (0.5, 6.0, 0.5))},
                          "remote auto_off warranty", "HEPA Filter, Remote", "for a comfortable home"),
     "garden": _p("Brand, Material, Length, Color, Size", "Length, Material, Color", {"Material": _M("plastic")},
                  "waterproof", "Spray Nozzle, Hanger", "for the garden and yard"),
-    "power_garden": _p("Brand, Power Source, Voltage, Wattage, Weight, Model Number", "Voltage, Power Source, Model Number",
+    "power_garden": _p("Brand, Power Source, Voltage, Wattage, Weight, Model Number",
+                       "Voltage, Power Source, Model Number",
                        {"Voltage": ("volts", [20, 40, 60, 80]), "Power Source": ("pool", ["Cordless", "Corded Electric",
                                                                                           "Gas Powered"])},
                        "batteries warranty", "Battery, Charger", "for a tidy yard"),
@@ -521,17 +540,20 @@ PROFILES = {
     "ball_sport": _p("Brand, Size, Color, Material, Age Group", "Size, Color, Material",
                      {"Size": _S("ball"), "Material": _M("sport")}, "", "Pump, Needle", "for practice and games"),
     "cycling": _p("Brand, Size, Color, Material, Weight, Battery", "Size, Color, Material",
-                  {"Size": ("pool", SIZES["generic"][:4]), "Weight": ("grams", (100, 900, 10)), "Material": _M("sport")},
+                  {"Size": ("pool", SIZES["generic"][:4]), "Weight": ("grams", (100, 900, 10)),
+                   "Material": _M("sport")},
                   "waterproof adjustable", "Mounting Bracket", "for riders of all levels"),
     "water_sport": _p("Brand, Size, Color, Material, Age Group", "Size, Color, Age Group", {"Material": _M("sport")},
                       "adjustable", "Carry Bag", "for the pool, lake and sea"),
     "fishing": _p("Brand, Length, Material, Weight, Color", "Length, Material, Color",
                   {"Material": ("pool", ["Carbon Fiber", "Graphite", "Fiberglass", "Aluminum", "Nylon"]),
                    "Weight": ("grams", (50, 600, 10))}, "waterproof", "Rod Sleeve", "for freshwater and saltwater"),
-    "car_elec": _p("Brand, Voltage, Connectivity, Model Number, Screen Size, Color", "Voltage, Model Number, Connectivity",
+    "car_elec": _p("Brand, Voltage, Connectivity, Model Number, Screen Size, Color",
+                   "Voltage, Model Number, Connectivity",
                    {"Voltage": ("volts", [12, 24]), "Screen Size": ("inch", [4.3, 7, 9, 10.1])}, "waterproof warranty",
                    "Mounting Kit", "for safer, smarter drives"),
-    "car_care": _p("Brand, Volume, Scent, Pack Quantity", "Volume, Pack Quantity, Scent", {"Volume": ("ml", (100, 2000, 50))},
+    "car_care": _p("Brand, Volume, Scent, Pack Quantity", "Volume, Pack Quantity, Scent",
+                   {"Volume": ("ml", (100, 2000, 50))},
                    "", "Microfiber Towel", "for a showroom shine"),
     "car_acc": _p("Brand, Material, Color, Pack Quantity, Size", "Material, Color, Pack Quantity",
                   {"Material": ("pool", ["Leather", "Faux Leather", "Neoprene", "Rubber", "Polyester", "Mesh"]),
@@ -551,7 +573,7 @@ TAXONOMY = [
      "Cat Beds; Cat Trees; Cat Litter Boxes|Cat Litter Box; Cat Scratching Posts; Cat Carriers"),
     ("Animals & Pet Supplies", "Pet Supplies > Pet Food", "pet_food",
      "Dry Dog Food|Dry Dog Food; Wet Cat Food|Wet Cat Food; Dog Treats; Cat Treats; Bird Seed|Bird Seed Mix"),
-    ("Animals & Pet Supplies", "Pet Supplies > Aquarium Supplies", "pet_gear",
+    ("Animals & Pet Supplies", "Pet Supplies > Aquarium Supplies", "aquarium",
      "Aquarium Filters; Aquarium Heaters; Fish Tanks; Aquarium Gravel|Aquarium Gravel"),
     ("Apparel & Accessories", "Clothing > Shirts & Tops", "apparel_top",
      "T-Shirts; Polo Shirts; Dress Shirts; Blouses; Tank Tops; Henley Shirts; Sweatshirts; Hoodies|Hoodie"),
@@ -569,7 +591,8 @@ TAXONOMY = [
     ("Apparel & Accessories", "Jewelry", "jewelry",
      "Necklaces; Bracelets; Earrings; Rings; Wristwatches; Anklets; Brooches"),
     ("Apparel & Accessories", "Clothing Accessories", "accessory",
-     "Baseball Caps; Beanies|Beanie; Scarves|Scarf; Winter Gloves|Winter Gloves; Belts; Sunglasses|Sunglasses; Neckties|Necktie"),
+     "Baseball Caps; Beanies|Beanie; Scarves|Scarf; Winter Gloves|Winter Gloves; Belts; "
+     "Sunglasses|Sunglasses; Neckties|Necktie"),
     ("Apparel & Accessories", "Handbags & Wallets", "accessory", "Wallets; Tote Bags; Crossbody Bags; Clutches|Clutch"),
     ("Arts & Entertainment", "Hobbies & Creative Arts > Arts & Crafts", "craft",
      "Acrylic Paint Sets; Paint Brushes; Sketchbooks; Colored Pencils|Colored Pencil Set; Knitting Yarn|Yarn; "
@@ -596,7 +619,8 @@ TAXONOMY = [
      "Digital Cameras; Action Cameras; Instant Cameras; Security Cameras; Dash Cams; Webcams"),
     ("Cameras & Optics", "Camera & Optic Accessories", "camera_acc",
      "Camera Lenses; Tripods; Camera Bags; Lens Filters; Camera Straps"),
-    ("Cameras & Optics", "Optics", "optics", "Binoculars|Binoculars; Telescopes; Monoculars; Magnifying Glasses|Magnifier"),
+    ("Cameras & Optics", "Optics", "optics",
+     "Binoculars|Binoculars; Telescopes; Monoculars; Magnifying Glasses|Magnifier"),
     ("Electronics", "Computers", "computer", "Laptops; Desktop Computers; Tablets; Chromebooks; Mini PCs"),
     ("Electronics", "Electronics Accessories > Computer Accessories", "pc_acc",
      "Keyboards; Computer Mice|Computer Mouse; Mouse Pads; USB Hubs; Laptop Stands; Docking Stations"),
@@ -623,7 +647,8 @@ TAXONOMY = [
     ("Food & Beverages", "Beverages", "beverage",
      "Coffee Beans|Coffee Beans; Ground Coffee|Ground Coffee; Tea Bags|Tea Bags; Sparkling Water|Sparkling Water; "
      "Energy Drinks; Fruit Juice|Fruit Juice; Hot Cocoa Mix|Hot Cocoa Mix"),
-    ("Furniture", "Sofas & Chairs", "furniture", "Sofas; Loveseats; Recliners; Accent Chairs; Ottomans; Bean Bag Chairs"),
+    ("Furniture", "Sofas & Chairs", "furniture",
+     "Sofas; Loveseats; Recliners; Accent Chairs; Ottomans; Bean Bag Chairs"),
     ("Furniture", "Tables", "furniture", "Coffee Tables; Dining Tables; Side Tables; Console Tables"),
     ("Furniture", "Office Furniture", "furniture",
      "Office Chairs; Standing Desks; Computer Desks; Filing Cabinets; Bookcases"),
@@ -945,9 +970,10 @@ _TITLE_PREFIX = {"Model Number": ["", "", "Model ", "#"], "Weight": ["", "", "Ne
 _TITLE_SUFFIX = {"RAM": [" RAM", " Memory"], "Storage": [" SSD", " Storage", ""], "Battery": [" Battery", ""]}
 _PRE_NOUN = ("Color", "Material", "Gender", "Fit", "Sleeve Length", "Pattern", "Style", "Flavor", "Scent", "Finish",
              "Shape", "Screen Size", "Capacity", "Wattage", "Voltage", "Resolution", "Connectivity", "SPF")
-_INTROS_BRAND = ["The {b} {n} is designed {u}.", "Meet the {b} {n}, built {u}.", "This {n} from {b} is made {u}.",
-                 "{b} brings you a {n} made {u}."]
-_INTROS = ["This {n} is designed {u}.", "A dependable {n} made {u}.", "Our {n} is built {u}."]
+# {a}: "a " / "an " / "" (plural nouns such as "Potato Chips"), {is}: "is" / "are".
+_INTROS_BRAND = ["The {b} {n} {is} designed {u}.", "Meet the {b} {n}, built {u}.", "{b} brings you {a}{n} made {u}.",
+                 "From {b}: {a}{n} made {u}."]
+_INTROS = ["The {n} {is} designed {u}.", "Our {n} {is} built {u}.", "Meet {a}{n} made {u}."]
 _BULLET_HEADS = ["PREMIUM QUALITY: ", "EASY TO USE: ", "GREAT VALUE: ", "WHAT YOU GET: "]
 _GENERIC_BULLETS = ["Easy to set up and use.", "Thoughtfully packaged.", "Backed by responsive customer service.",
                     "Quality checked before shipping."]
@@ -1041,11 +1067,12 @@ def _make_product(rng: random.Random, index: int, leaf: _Leaf) -> tuple[Product,
     title = _title(rng, leaf, vals, [k for k in stated if in_title[k]], color_abbr, extra, noise)
 
     noun = _lower_noun(leaf.noun)
-    use = (prof.use or "for everyday use", None)
-    if in_desc.get("Brand") or not in_title["Brand"]:
-        intro = _fill(rng.choice(_INTROS_BRAND), {"b": (vals["Brand"][1], "Brand"), "n": (noun, None), "u": use})
-    else:
-        intro = _fill(rng.choice(_INTROS), {"n": (noun, None), "u": use})
+    plural = noun.endswith("s") and not noun.endswith("ss")
+    fields = {"n": (noun, None), "u": (prof.use or "for everyday use", None), "is": ("are" if plural else "is", None),
+              "a": ("" if plural else "an " if noun[0] in "aeiouAEIOU" else "a ", None),
+              "b": (vals["Brand"][1], "Brand")}
+    brand_intro = in_desc.get("Brand") or not in_title["Brand"]
+    intro = _fill(rng.choice(_INTROS_BRAND if brand_intro else _INTROS), fields)
     sentences = [_fill(rng.choice(ATTRIBUTES[k][1]), {"v": (vals[k][1], k)})
                  for k in stated if k != "Brand" and in_desc[k]]
     bullets = [_fill(rng.choice([k + ": {v}"] + ATTRIBUTES[k][1]), {"v": (vals[k][1], k)})
@@ -1056,8 +1083,8 @@ def _make_product(rng: random.Random, index: int, leaf: _Leaf) -> tuple[Product,
         sentences.append(_Text().add(rng.choice(FILLERS)))
     if extra:
         bullets.append(_Text().add(rng.choice(["Includes {}.", "Comes with {}.", "{} included."]).format(extra)))
-    while len(bullets) < 2:
-        bullets.append(_Text().add(rng.choice(_GENERIC_BULLETS)))
+    if len(bullets) < 2:
+        bullets += [_Text().add(b) for b in rng.sample(_GENERIC_BULLETS, 2 - len(bullets))]
     rng.shuffle(sentences)
     rng.shuffle(bullets)
     sentences.insert(0, intro)
@@ -1276,8 +1303,8 @@ def _g_list(rng):
 
 def _g_define(rng):
     term = rng.choice(list(_TERMS))
-    return rng.choice(["What does \"{t}\" mean?", "Define {t}.", "What does {t} mean in online shopping?"]).format(t=term), \
-        _TERMS[term]
+    prompt = rng.choice(["What does \"{t}\" mean?", "Define {t}.", "What does {t} mean in online shopping?"])
+    return prompt.format(t=term), _TERMS[term]
 
 
 def _g_reply(rng):
