@@ -7,10 +7,10 @@ project from hand-made word tables; no published data is copied.
 What it makes (:func:`generate_catalog`):
 
 * A taxonomy of Google-Product-Taxonomy-like paths ("Home & Garden > Kitchen & Dining > Cookware >
-  Frying Pans"): 17 top-level branches, depth 2-4, ~340 leaves, from compact tables
+  Frying Pans"): 17 top-level branches, depth 2-4, 522 leaves, from compact tables
   (branch, sub-path, profile, leaves).
 * Products (:class:`~ecomllm.data.schema.Product`). Each leaf has a *profile*: its attribute
-  schema (4-8 of ~37 attribute types, Brand first -> ``meta["attribute_keys"]``), the keys that
+  schema (4-8 of 36 attribute types, Brand first -> ``meta["attribute_keys"]``), the keys that
   go into titles, value pools, yes/no claims ("dishwasher safe") and extras ("w/ Lid"). Values
   come with unit variants ("500 ml" / "0.5L" / "500ML"; '15.6"' / "15.6-inch"), colour synonyms
   ("Jet Black" is black) and model numbers ("XR-2041B"). Titles are brand + key attributes + the
