@@ -166,3 +166,14 @@ def test_real_flipkart_to_instructions_and_ood():
     held = {e.meta["category"].split(" > ")[:2].__str__() for e in out["ood"]}
     train = {e.meta["category"].split(" > ")[:2].__str__() for e in out["train"]}
     assert held and not held & train and len(out["ood"]) >= 0.1 * len(examples)
+
+
+def test_extract_prompt_lists_feature_bullets():
+    from ecomllm.data import Paragraph, Product, extract_example
+    p = Product("p1", "Acme Mug", ["Home", "Mugs"], description="A mug.", attributes={"Capacity": "350 ml"},
+                paragraphs=[Paragraph("Acme Mug", "title"), Paragraph("A mug.", "description"),
+                            Paragraph("Holds  350 ml.", "feature")],
+                meta={"attribute_keys": ["Brand", "Capacity"]})
+    ex = extract_example(p)
+    assert ex.prompt == "[EXTRACT] Product: Acme Mug\nA mug.\nHolds 350 ml.\nAttributes: Brand, Capacity"
+    assert ex.completion == '{"Brand": "n/a", "Capacity": "350 ml"}'

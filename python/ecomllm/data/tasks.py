@@ -51,7 +51,7 @@ def classify_example(product: Product, max_chars: int = 300) -> Example:
 
 
 def extract_example(product: Product, max_chars: int | None = None) -> Example:
-    """``[EXTRACT] Product: {title}\\n{description}\\nAttributes: k1, k2`` -> JSON object of the asked
+    """``[EXTRACT] Product: {title}\\n{description}\\n{features...}\\nAttributes: k1, k2`` -> JSON of the asked
     attributes in that order, NOT_AVAILABLE for those the product does not state.
 
     Asked attributes: meta["attribute_keys"] when present, else the product's attribute names
@@ -64,6 +64,9 @@ def extract_example(product: Product, max_chars: int | None = None) -> Example:
     description = truncate_words(product.description, max_chars)
     if description:
         lines.append(description)
+    # Feature bullets (MAVE "feature" paragraphs and the like) state values too: one per line.
+    lines += [" ".join(p.text.split()) for p in product.paragraphs
+              if p.source not in ("title", "description") and p.text.strip()]
     lines.append(f"Attributes: {', '.join(keys)}")
     answer = {k: (product.attributes.get(k) or NOT_AVAILABLE) for k in keys}
     return Example("extract", "\n".join(lines), json.dumps(answer, ensure_ascii=False),
