@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+import ecomllm
 from ecomllm import LoraConfig, Model
 from ecomllm.train import (ConfigError, TrainConfig, Trainer, TrainingStopped, config_help, latest_checkpoint,
                            list_checkpoints, load_config, lr_at, read_metrics)
@@ -264,23 +265,19 @@ class KillAt:
             raise RuntimeError(f"killed at step {step}")
 
 
-@pytest.mark.parametrize("save_every,kill_at,resumes_at", [(2, 5, 4), (3, 3, 3)])
-def test_resume_reproduces_the_uninterrupted_run_exactly(base, tmp_path, save_every, kill_at, resumes_at):
-    # 12 rows, 2 rows per micro-batch, 2 micro-batches per step: 3 steps per epoch, so 8 steps cross
-    # two epoch boundaries; (3, 3) resumes exactly at an epoch boundary. Dropout 0.2 is on.
+def killed_and_resumed(make_model, tmp_path, kill_at, resumes_at, **kw):
+    """Runs `kw` straight through and again killed after step `kill_at` then resumed from the
+    latest checkpoint in a fresh model; checks the two loss curves are equal exactly. Returns
+    (straight model, resumed model)."""
     data, dev = packed(7, 12), packed(8, 3)
-    kw = dict(learning_rate=5e-3, max_steps=8, micro_batch_size=2, grad_accum_steps=2, warmup_steps=2,
-              save_every=save_every, eval_every=4, keep_last=3, seed=11)
-
-    straight = lora_model(base, dropout=0.2)
+    straight = make_model()
     Trainer(straight, data, dev, cfg(tmp_path, output_dir=str(tmp_path / "straight"), **kw)).train()
     out = str(tmp_path / "killed")
-    killed = lora_model(base, dropout=0.2)
     with pytest.raises(RuntimeError, match="killed"):
-        Trainer(killed, data, dev, cfg(tmp_path, output_dir=out, **kw), callbacks=[KillAt(kill_at)]).train()
+        Trainer(make_model(), data, dev, cfg(tmp_path, output_dir=out, **kw), callbacks=[KillAt(kill_at)]).train()
     assert latest_checkpoint(out).name == f"checkpoint-{resumes_at:06d}"
 
-    resumed = lora_model(base, dropout=0.2)  # a fresh process: same construction
+    resumed = make_model()  # a fresh process: same construction
     summary = Trainer(resumed, data, dev, cfg(tmp_path, output_dir=out, **kw)).train(resume_from="latest")
     assert summary["resumed_from"].endswith(f"checkpoint-{resumes_at:06d}")
     # Exact float equality, step for step (the same arithmetic in the same order).
@@ -289,10 +286,47 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(base, tmp_path, save_ev
     lines_b = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     assert [(d["type"], d["step"]) for d in lines_a] == [(d["type"], d["step"]) for d in lines_b]
     assert [d.get("dev_loss/dev") for d in lines_a] == [d.get("dev_loss/dev") for d in lines_b]
+    return straight, resumed
+
+
+@pytest.mark.parametrize("save_every,kill_at,resumes_at", [(2, 5, 4), (3, 3, 3)])
+def test_resume_reproduces_the_uninterrupted_run_exactly(base, tmp_path, save_every, kill_at, resumes_at):
+    # 12 rows, 2 rows per micro-batch, 2 micro-batches per step: 3 steps per epoch, so 8 steps cross
+    # two epoch boundaries; (3, 3) resumes exactly at an epoch boundary. LoRA dropout 0.2 is on.
+    straight, resumed = killed_and_resumed(
+        lambda: lora_model(base, dropout=0.2), tmp_path, kill_at, resumes_at, learning_rate=5e-3, max_steps=8,
+        micro_batch_size=2, grad_accum_steps=2, warmup_steps=2, save_every=save_every, eval_every=4, keep_last=3,
+        seed=11)
     for m in straight._core.adapter_modules("default"):
         for x, y in zip(straight.lora_weights(m), resumed.lora_weights(m)):
             np.testing.assert_array_equal(x, y)
     assert resumed.dropout_step == straight.dropout_step == 8 * 2
+
+
+def test_set_weight_keeps_existing_parameter_views_valid():
+    """Resuming full-parameter training loads weights into a model whose optimizer already holds
+    views of them: set_weight must write into the same buffers (it used to reallocate them,
+    leaving the optimizer with dangling pointers)."""
+    m = Model.from_config(ARCH, seed=2)
+    m.train_all_parameters()
+    params = m.trainable_parameters()
+    name = "model.layers.0.mlp.up_proj.weight"
+    new = np.random.default_rng(0).normal(size=m.get_weight(name).shape).astype(np.float32)
+    m.set_weight(name, new)
+    np.testing.assert_array_equal(params.value(name), new)
+    d = packed(0, 2)
+    m.forward_backward(d["input_ids"], d["labels"])
+    np.testing.assert_array_equal(params.grad(name), m.gradients()[name])
+    assert np.isfinite(ecomllm.clip_grad_norm(params, 1.0))
+
+
+def test_resume_full_parameter_mode_exactly(tmp_path):
+    straight, resumed = killed_and_resumed(
+        lambda: Model.from_config(ARCH, seed=4), tmp_path, 4, 3, mode="full", learning_rate=3e-3, max_steps=6,
+        micro_batch_size=3, grad_accum_steps=1, save_every=3, eval_every=2, weight_decay=0.01,
+        lr_scheduler="linear")
+    for name in straight.weight_names():
+        np.testing.assert_array_equal(straight.get_weight(name), resumed.get_weight(name))
 
 
 def test_resume_without_the_dropout_counter_would_differ(base, tmp_path):
