@@ -144,7 +144,7 @@ def test_config_nested_dataclasses(tmp_path):
     ("train:\n  micro_batch_size: 0\n", r"demo\.yaml: train\.micro_batch_size: must be >= 1"),
     ("train: [1, 2]\n", r"demo\.yaml: train: expected a mapping"),
     ("train:\n  a: [1\n", r"demo\.yaml: not valid YAML"),
-])
+], ids=["str-for-int", "bool-for-int", "short-tuple", "out-of-range", "section-not-mapping", "bad-yaml"])
 def test_config_bad_values_name_file_and_key(tmp_path, text, message):
     p = tmp_path / "demo.yaml"
     p.write_text(text)
