@@ -97,6 +97,7 @@ void bind_model(py::module_& m) {
       .def_property_readonly("train_all", &LlamaModel::train_all)
       .def_property("gradient_checkpointing", &LlamaModel::gradient_checkpointing,
                     &LlamaModel::set_gradient_checkpointing)
+      .def_property("dropout_step", &LlamaModel::dropout_step, &LlamaModel::set_dropout_step)
       .def(
           "add_adapter",
           [](LlamaModel& self, const std::string& name, int64_t r, float alpha, float dropout, bool rslora,

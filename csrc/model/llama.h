@@ -99,6 +99,10 @@ class LlamaModel {
   bool train_all() const { return train_all_; }
   void set_gradient_checkpointing(bool on) { checkpointing_ = on; }
   bool gradient_checkpointing() const { return checkpointing_; }
+  // The forward_backward call counter that keys LoRA dropout masks; a resumed training run sets
+  // it back to the checkpoint's value so that it draws the same masks as an uninterrupted run.
+  uint64_t dropout_step() const { return step_; }
+  void set_dropout_step(uint64_t step) { step_ = step; }
 
   // ---- adapters ------------------------------------------------------------------------------
   // Adds a LoRA adapter to every matching projection (ValueError if none matches or the name is

@@ -82,6 +82,13 @@ Linear::Linear(int64_t in_features, int64_t out_features) : in_(in_features), ou
 void Linear::set_weight_f32(const float* w, bool trainable) {
   ECOM_CHECK_ARG(!merged_, "Linear: unmerge the adapter before replacing the weight");
   ECOM_CHECK_ARG(w != nullptr, "Linear: weight is null");
+  if (format_ == WeightFormat::F32 && w_f32_ && trainable == trainable_ && (dw_ != nullptr) == trainable) {
+    // Overwrite in place: ParamRefs handed out earlier (an optimizer's, a ParameterList's) point
+    // into these buffers and must stay valid, e.g. when a checkpoint is loaded into a model
+    // whose optimizer already exists. Storage shared with a tied weight stays shared.
+    std::memcpy(w_f32_->data(), w, sizeof(float) * static_cast<size_t>(out_ * in_));
+    return;
+  }
   auto buf = std::make_shared<AlignedBuffer>(sizeof(float) * static_cast<size_t>(out_ * in_));
   std::memcpy(buf->data(), w, sizeof(float) * static_cast<size_t>(out_ * in_));
   w_f32_ = std::move(buf);

@@ -52,7 +52,9 @@ class Linear {
   int64_t out_features() const { return out_; }
 
   // Base weight [out, in]. Each call replaces the previous weight (ValueError while merged).
-  void set_weight_f32(const float* w, bool trainable);  // copies; trainable allocates a zeroed dW
+  // Copies; trainable allocates a zeroed dW. Replacing an fp32 weight of the same trainability
+  // copies into the existing buffer, so earlier ParamRefs to it (and to dW) stay valid.
+  void set_weight_f32(const float* w, bool trainable);
   void set_weight_bf16(const uint16_t* w);              // bf16 bit patterns, frozen
   void set_weight_nf4(quant::NF4Weight w);              // frozen; shape must be [out, in]
   bool has_weight() const { return has_weight_; }

@@ -241,6 +241,18 @@ class Model:
         same gradients)."""
         self._core.gradient_checkpointing = bool(on)
 
+    @property
+    def dropout_step(self) -> int:
+        """How many ``forward_backward`` calls the model has made: it keys the LoRA dropout
+        masks, so a resumed run restores it to draw the masks an uninterrupted run would."""
+        return self._core.dropout_step
+
+    @dropout_step.setter
+    def dropout_step(self, step: int) -> None:
+        if int(step) < 0:
+            raise ValueError(f"dropout_step must be >= 0, got {step!r}")
+        self._core.dropout_step = int(step)
+
     def trainable_parameters(self) -> "_core.ParameterList":
         """The tensors an optimiser updates (views into the model, kept alive by it)."""
         return self._core.trainable_parameters()
