@@ -36,93 +36,99 @@ from .generate import greedy_generate
 from .model import LoraConfig, Model
 from .tokenizer import Tokenizer
 from .train import TrainConfig, Trainer
+from .train.config import option
 
 TASKS = ("classify", "extract", "qa")
 
 
 # ---- configuration --------------------------------------------------------------------------
+# Every field has a help line (shown by `ecomllm <command> --help`); YAML files in configs/ set
+# them by section, and `section.key=value` arguments override them.
 @dataclass
 class SourceConfig:
-    format: str = "bundled"   # bundled | mave | offers | flipkart | amazonqa | product_qa | ecinstruct
-    path: str = ""            # file to load (unused for bundled)
+    format: str = option("bundled", "bundled (generated offline catalogue) | mave | offers | flipkart | amazonqa | "
+                                    "product_qa | ecinstruct")
+    path: str = option("", "the file to load (not used by bundled)")
 
 
 @dataclass
 class DataConfig:
-    sources: list = field(default_factory=lambda: [{"format": "bundled"}])  # list of SourceConfig dicts
-    seed: int = 0                     # seed of the generator, the mix and the splits
-    n_products: int = 3000            # bundled catalogue: products to generate
-    qa_per_product: int = 2           # bundled catalogue: questions per product
-    n_general: int = 400              # bundled catalogue: general instructions
-    tasks: list = field(default_factory=lambda: list(TASKS))  # tasks to build examples for
-    general_share: float = 0.1        # fraction of general instructions in the mix (against forgetting)
-    dev_fraction: float = 0.1         # products whose examples go to dev
-    test_fraction: float = 0.1        # products whose examples go to test
-    ood_by: str = "category"          # hold out whole categories ("category") or brands ("brand") as OOD
-    ood_fraction: float = 0.05        # fraction of categories/brands held out
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()],
+                                        metadata={"help": "where products, questions and instructions come from"})
+    seed: int = option(0, "seed of the bundled generator, the task mix and the splits")
+    n_products: int = option(3000, "bundled catalogue: products to generate")
+    qa_per_product: int = option(2, "bundled catalogue: questions per product")
+    n_general: int = option(400, "bundled catalogue: general instructions")
+    tasks: list[str] = option(list(TASKS), "tasks to build examples for")
+    general_share: float = option(0.1, "fraction of general instructions in the mix (against forgetting)")
+    dev_fraction: float = option(0.1, "fraction of products whose examples go to dev")
+    test_fraction: float = option(0.1, "fraction of products whose examples go to test")
+    ood_by: str = option("category", "hold out whole categories (category) or brands (brand) as the OOD split")
+    ood_fraction: float = option(0.05, "fraction of examples held out as OOD")
 
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 2000            # sentencepiece vocabulary size
-    model_type: str = "bpe"           # bpe (Llama style, byte fallback) or unigram
-    path: str = ""                    # use this tokenizer.model instead of training one
+    vocab_size: int = option(2000, "sentencepiece vocabulary size")
+    model_type: str = option("bpe", "bpe (Llama style, byte fallback) or unigram")
+    path: str = option("", "use this tokenizer.model instead of the run's own")
 
 
 @dataclass
 class ModelShapeConfig:
-    hidden_size: int = 256
-    intermediate_size: int = 688
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 1024
-    rope_theta: float = 10000.0
-    tie_word_embeddings: bool = True
+    hidden_size: int = option(256, "model width")
+    intermediate_size: int = option(688, "SwiGLU MLP width")
+    num_hidden_layers: int = option(4, "decoder layers")
+    num_attention_heads: int = option(8, "query heads")
+    num_key_value_heads: int = option(4, "key/value heads (grouped-query attention)")
+    max_position_embeddings: int = option(1024, "longest sequence")
+    rope_theta: float = option(10000.0, "RoPE base")
+    tie_word_embeddings: bool = option(True, "share the embedding and lm_head weights")
 
 
 @dataclass
 class PretrainConfig:
-    seq_len: int = 256                                   # tokens per packed row
-    model: ModelShapeConfig = field(default_factory=ModelShapeConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(mode="full"))
+    seq_len: int = option(256, "tokens per packed row")
+    model: ModelShapeConfig = field(default_factory=ModelShapeConfig, metadata={"help": "the base model's shape"})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(mode="full", learning_rate=1e-3),
+                               metadata={"help": "pre-training hyper-parameters"})
 
 
 @dataclass
 class LoraSectionConfig:
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: str = "all-linear"   # "all-linear", or comma-separated module names
-    use_rslora: bool = False
+    r: int = option(16, "LoRA rank")
+    alpha: float = option(32.0, "LoRA alpha (scale = alpha / r)")
+    dropout: float = option(0.05, "dropout on the adapter input")
+    target_modules: str = option("all-linear", "all-linear, or comma-separated module names (q_proj,v_proj)")
+    use_rslora: bool = option(False, "rank-stabilised scaling alpha / sqrt(r)")
 
 
 @dataclass
 class SFTConfig:
-    base_model: str = ""              # Hugging Face model folder; "" = the run's pre-trained base
-    quantize: str = "nf4"             # nf4 (QLoRA) or none (LoRA on fp32)
-    template: str = "plain"           # prompt format: plain (task prefix) or mistral ([INST])
-    seq_len: int = 256                # tokens per packed row; longer examples are truncated
-    packing: bool = True              # pack several examples per row
-    lora: LoraSectionConfig = field(default_factory=LoraSectionConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    base_model: str = option("", "Hugging Face model folder to fine-tune; empty = the run's pre-trained base")
+    quantize: str = option("nf4", "nf4 (QLoRA) or none (LoRA on an fp32 base)")
+    template: str = option("plain", "prompt format: plain (task prefix) or mistral ([INST] ... [/INST])")
+    seq_len: int = option(256, "tokens per packed row; longer examples are truncated")
+    packing: bool = option(True, "pack several examples per row")
+    lora: LoraSectionConfig = field(default_factory=LoraSectionConfig, metadata={"help": "the adapter"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "fine-tuning hyper-parameters"})
 
 
 @dataclass
 class EvalConfig:
-    examples_per_task: int = 40       # dev examples per task decoded greedily for metrics
-    show_per_task: int = 3            # completions printed per task
-    max_new_tokens: int = 64
+    examples_per_task: int = option(40, "dev examples per task decoded greedily for the metrics")
+    show_per_task: int = option(3, "completions shown per task")
+    max_new_tokens: int = option(64, "longest generated answer")
 
 
 @dataclass
 class PipelineConfig:
-    run_dir: str = "runs/demo"
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = option("runs/demo", "folder of every stage's inputs and outputs")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data preparation"})
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={"help": "tokenizer"})
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={"help": "pre-training"})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "QLoRA fine-tuning"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
 
 
 def _log(msg: str) -> None:
@@ -153,7 +159,6 @@ def _load_sources(cfg: DataConfig, out: Path):
                "amazonqa": formats.load_amazonqa, "product_qa": formats.load_product_qa_csv,
                "ecinstruct": formats.load_ecinstruct}
     for i, src in enumerate(cfg.sources):
-        src = SourceConfig(**src) if isinstance(src, dict) else src
         if src.format == "bundled":
             cat = bundled.generate_catalog(seed=cfg.seed, n_products=cfg.n_products,
                                            qa_per_product=cfg.qa_per_product, n_general=cfg.n_general)
@@ -270,8 +275,8 @@ def pretrain(cfg: PipelineConfig, progress: bool = True) -> dict:
     _log(f"pretrain: {model.num_parameters() / 1e6:.2f}M parameters, {len(train)} rows x {p.seq_len} "
          f"({train.num_tokens} tokens), dev {dev.num_tokens} tokens")
     out = Path(cfg.run_dir) / "pretrain"
-    train_cfg = dataclasses.replace(p.train, mode="full", output_dir=str(out))
-    summary = Trainer(model, train, {"text": dev}, train_cfg, progress=progress).train()
+    train_cfg = dataclasses.replace(p.train, mode="full", output_dir=str(out), progress=progress and p.train.progress)
+    summary = Trainer(model, train, {"text": dev}, train_cfg).train()
     base = Path(cfg.run_dir) / "base"
     model.save_pretrained(base)
     shutil.copyfile(tokenizer_path(cfg), base / "tokenizer.model")
@@ -325,8 +330,8 @@ def finetune(cfg: PipelineConfig, progress: bool = True) -> dict:
          f"{model.num_parameters(trainable_only=True):,} trainable; {len(train)} rows x {s.seq_len} "
          f"({train.num_target_tokens} target tokens)")
     out = Path(cfg.run_dir) / "sft"
-    train_cfg = dataclasses.replace(s.train, mode="lora", output_dir=str(out))
-    summary = Trainer(model, train, dev, train_cfg, progress=progress).train()
+    train_cfg = dataclasses.replace(s.train, mode="lora", output_dir=str(out), progress=progress and s.train.progress)
+    summary = Trainer(model, train, dev, train_cfg).train()
     adapter = Path(cfg.run_dir) / "adapter"
     model.save_adapter(adapter)
     _log(f"sft: adapter -> {adapter}")

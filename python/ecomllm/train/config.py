@@ -23,14 +23,14 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "config_to_dict", "config_help", "ConfigError"]
+__all__ = ["TrainConfig", "option", "load_config", "apply_overrides", "config_to_dict", "config_help", "ConfigError"]
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used as written (names the file/override and key path)."""
 
 
-def _opt(default, help: str, **kw):
+def option(default, help: str, **kw):
     """A dataclass field with a help line (mutable defaults go through a factory)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
@@ -41,29 +41,29 @@ def _opt(default, help: str, **kw):
 class TrainConfig:
     """Hyper-parameters and bookkeeping of one training run (SFT with LoRA, or pre-training)."""
 
-    mode: Literal["lora", "full"] = _opt("lora", "what is trained: 'lora' = the model's active adapter, 'full' = all parameters (pre-training)")
-    learning_rate: float = _opt(2e-4, "peak learning rate of AdamW")
-    min_lr_ratio: float = _opt(0.0, "the schedule decays to min_lr_ratio * learning_rate (cosine, linear)")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = _opt("cosine", "decay after warmup: cosine, linear or constant")
-    warmup_steps: int = _opt(0, "optimizer steps of linear warmup from 0 (0: use warmup_ratio)")
-    warmup_ratio: float = _opt(0.0, "warmup as a fraction of the total steps, used when warmup_steps is 0")
-    max_steps: int = _opt(-1, "total optimizer steps; -1: epochs * steps per epoch")
-    epochs: int = _opt(1, "passes over the training rows (ignored when max_steps > 0)")
-    micro_batch_size: int = _opt(1, "packed rows per forward/backward call")
-    grad_accum_steps: int = _opt(1, "micro-batches accumulated per optimizer step (loss normalised by the window's target tokens)")
-    max_grad_norm: float = _opt(1.0, "clip the global gradient L2 norm to this (0: no clipping)")
-    weight_decay: float = _opt(0.0, "AdamW decoupled weight decay")
-    betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW (beta1, beta2)")
-    eps: float = _opt(1e-8, "AdamW epsilon")
-    seed: int = _opt(0, "seed of the per-epoch row shuffling")
-    eval_every: int = _opt(0, "dev loss every N optimizer steps (0: only at the end)")
-    eval_batches: int | None = _opt(None, "micro-batches of each dev set to evaluate (null: all)")
-    save_every: int = _opt(0, "checkpoint every N optimizer steps (0: only at the end)")
-    keep_last: int = _opt(2, "checkpoints kept in output_dir (older ones are deleted)")
-    log_every: int = _opt(1, "refresh the progress bar's loss/lr every N steps")
-    progress: bool = _opt(True, "show a tqdm progress bar on stderr")
-    output_dir: str = _opt("runs/train", "folder for checkpoints, metrics.jsonl and loss_curve.png")
-    gradient_checkpointing: bool = _opt(False, "recompute activations in backward (less memory, same gradients)")
+    mode: Literal["lora", "full"] = option("lora", "what is trained: 'lora' = the model's active adapter, 'full' = all parameters (pre-training)")
+    learning_rate: float = option(2e-4, "peak learning rate of AdamW")
+    min_lr_ratio: float = option(0.0, "the schedule decays to min_lr_ratio * learning_rate (cosine, linear)")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = option("cosine", "decay after warmup: cosine, linear or constant")
+    warmup_steps: int = option(0, "optimizer steps of linear warmup from 0 (0: use warmup_ratio)")
+    warmup_ratio: float = option(0.0, "warmup as a fraction of the total steps, used when warmup_steps is 0")
+    max_steps: int = option(-1, "total optimizer steps; -1: epochs * steps per epoch")
+    epochs: int = option(1, "passes over the training rows (ignored when max_steps > 0)")
+    micro_batch_size: int = option(1, "packed rows per forward/backward call")
+    grad_accum_steps: int = option(1, "micro-batches accumulated per optimizer step (loss normalised by the window's target tokens)")
+    max_grad_norm: float = option(1.0, "clip the global gradient L2 norm to this (0: no clipping)")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW (beta1, beta2)")
+    eps: float = option(1e-8, "AdamW epsilon")
+    seed: int = option(0, "seed of the per-epoch row shuffling")
+    eval_every: int = option(0, "dev loss every N optimizer steps (0: only at the end)")
+    eval_batches: int | None = option(None, "micro-batches of each dev set to evaluate (null: all)")
+    save_every: int = option(0, "checkpoint every N optimizer steps (0: only at the end)")
+    keep_last: int = option(2, "checkpoints kept in output_dir (older ones are deleted)")
+    log_every: int = option(1, "refresh the progress bar's loss/lr every N steps")
+    progress: bool = option(True, "show a tqdm progress bar on stderr")
+    output_dir: str = option("runs/train", "folder for checkpoints, metrics.jsonl and loss_curve.png")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, same gradients)")
 
     def __post_init__(self):
         positive = ("micro_batch_size", "grad_accum_steps", "epochs", "keep_last")
