@@ -33,7 +33,9 @@ struct TokenizerTrainOptions {
   int64_t input_sentence_size = 0;                // 0: use every line; else sample this many
   bool shuffle_input_sentence = true;             // sample randomly (seeded) when sampling
   int num_threads = 0;                            // 0: ecomllm::max_threads()
-  uint32_t seed = 42;                             // sentencepiece's global generator (not 0xFFFFFFFF)
+  // sentencepiece's global generator (SetRandomGeneratorSeed; not 0xFFFFFFFF). The Debian library
+  // (0.1.97) seeds its line sampler itself, so there training is deterministic whatever the seed.
+  uint32_t seed = 42;
   std::string normalization_rule_name = "identity";  // identity | nfkc | nmt_nfkc | nfkc_cf | nmt_nfkc_cf
   bool add_dummy_prefix = true;
   bool remove_extra_whitespaces = false;

@@ -98,7 +98,8 @@ class Tokenizer:
         - ``user_defined_symbols`` [[]]: strings always kept as one piece (e.g. "[CLASSIFY]")
         - ``max_sentence_length`` [4192 bytes]: longer lines are skipped
         - ``input_sentence_size`` [0 = all lines], ``shuffle_input_sentence`` [True]: sampling
-        - ``num_threads`` [0 = all cores], ``seed`` [42]
+        - ``num_threads`` [0 = all cores], ``seed`` [42]: sentencepiece's random seed (with the
+          0.1.97 library training is deterministic whatever the seed)
         - ``normalization_rule_name`` ["identity"; or nfkc, nmt_nfkc, nfkc_cf, nmt_nfkc_cf]
         - ``add_dummy_prefix`` [True], ``remove_extra_whitespaces`` [False],
           ``allow_whitespace_only_pieces`` [True]
