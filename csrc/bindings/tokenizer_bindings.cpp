@@ -45,15 +45,25 @@ int32_t one_id(const Tokenizer& tok, int64_t id, const char* what) {
   return static_cast<int32_t>(id);
 }
 
+// A str as UTF-8; ValueError (not TypeError) for one that has none, e.g. a lone surrogate.
+std::string utf8(const py::handle& text, const char* what, size_t position) {
+  ECOM_CHECK_ARG(py::isinstance<py::str>(text), what, ": texts must be str, got ", std::string(py::repr(text)),
+                 " at position ", position);
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(text.ptr(), &n);
+  if (p == nullptr) {
+    PyErr_Clear();
+    throw ValueError(detail::concat(what, ": text at position ", position,
+                                    " cannot be encoded as UTF-8 (lone surrogate?)"));
+  }
+  return std::string(p, static_cast<size_t>(n));
+}
+
 std::vector<std::string> texts_from_python(const py::handle& seq) {
   ECOM_CHECK_ARG(!py::isinstance<py::str>(seq) && py::hasattr(seq, "__iter__"),
                  "encode_batch: expected a list of str");
   std::vector<std::string> out;
-  for (const py::handle item : seq) {
-    ECOM_CHECK_ARG(py::isinstance<py::str>(item), "encode_batch: texts must be str, got ",
-                   std::string(py::repr(item)), " at position ", out.size());
-    out.push_back(item.cast<std::string>());
-  }
+  for (const py::handle item : seq) out.push_back(utf8(item, "encode_batch", out.size()));
   return out;
 }
 
@@ -112,7 +122,8 @@ void bind_tokenizer(py::module_& m) {
         py::gil_scoped_release release;
         t.save(path);
       }, py::arg("path"), "Write the model file atomically.")
-      .def("encode", [](const Tokenizer& t, const std::string& text, bool add_bos, bool add_eos) {
+      .def("encode", [](const Tokenizer& t, const py::str& s, bool add_bos, bool add_eos) {
+        const std::string text = utf8(s, "encode", 0);
         std::vector<int32_t> ids;
         {
           py::gil_scoped_release release;
@@ -129,7 +140,8 @@ void bind_tokenizer(py::module_& m) {
         }
         return id_lists(ids);
       }, py::arg("texts"), py::arg("add_bos") = false, py::arg("add_eos") = false)
-      .def("encode_as_pieces", [](const Tokenizer& t, const std::string& text) {
+      .def("encode_as_pieces", [](const Tokenizer& t, const py::str& s) {
+        const std::string text = utf8(s, "encode_as_pieces", 0);
         py::gil_scoped_release release;
         return t.encode_as_pieces(text);
       }, py::arg("text"))

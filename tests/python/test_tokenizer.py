@@ -307,6 +307,10 @@ def test_bad_model_files_and_ids(llama_model, tmp_path):
             fn(-1)
     with pytest.raises(ValueError, match="texts must be str"):
         tok.encode(["ok", 3])
+    with pytest.raises(ValueError, match="UTF-8"):
+        tok.encode("lone \ud800 surrogate")
+    with pytest.raises(ValueError, match="UTF-8"):
+        tok.encode(["ok", "\udfff"])
     assert tok.piece_to_id("certainly-not-a-piece") == tok.unk_id
 
 
