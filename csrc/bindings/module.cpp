@@ -12,6 +12,7 @@ void bind_nn(py::module_& m);
 void bind_bm25(py::module_& m);
 void bind_model(py::module_& m);
 void bind_index(py::module_& m);
+void bind_tokenizer(py::module_& m);
 }  // namespace ecomllm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -24,4 +25,5 @@ PYBIND11_MODULE(_core, m) {
   ecomllm::bindings::bind_bm25(m);
   ecomllm::bindings::bind_model(m);
   ecomllm::bindings::bind_index(m);
+  ecomllm::bindings::bind_tokenizer(m);
 }

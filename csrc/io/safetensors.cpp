@@ -1,5 +1,6 @@
 // safetensors reader (validating, mmap) and writer (atomic), HF sharded checkpoints. See safetensors.h.
 #include "io/safetensors.h"
+#include "io/atomic_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -616,6 +617,14 @@ void save_checkpoint(const std::string& dir, const std::vector<SaveTensor>& tens
     const bool ours = name == kSingleFile || name == kIndexFile || is_shard_name(name);
     if (ours && !written.count(name)) fs::remove(entry.path(), ec);
   }
+}
+
+}  // namespace ecomllm::io
+
+namespace ecomllm::io {
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  atomic_write(path, [&](int fd, const std::string& tmp) { write_all(fd, bytes.data(), bytes.size(), tmp); });
 }
 
 }  // namespace ecomllm::io

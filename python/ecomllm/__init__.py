@@ -7,6 +7,8 @@ of it. Available now:
   LoRA on an fp32/bf16/NF4 base, Hugging Face and PEFT files (:mod:`ecomllm.model`).
 - :mod:`ecomllm.quant` -- NF4 4-bit quantization (bitsandbytes-compatible) with fused matmuls.
 - :mod:`ecomllm.index` -- :class:`HNSWIndex`, an HNSW vector index (filters, deletes, mmap files).
+- :class:`Tokenizer` -- sentencepiece models (Llama/Mistral ``tokenizer.model``): encode, decode,
+  train (:mod:`ecomllm.tokenizer`).
 - :mod:`ecomllm.safetensors` -- dependency-free safetensors reading and atomic writing.
 - :func:`cpu_info` / :func:`set_simd_level` -- which SIMD kernels run, and forcing a level.
 """
@@ -19,6 +21,7 @@ from .optim import AdamW, clip_grad_norm
 from .index import HNSWIndex
 from .quant import NF4Tensor
 from .bm25 import BM25Index
+from .tokenizer import Tokenizer
 from . import rag
 
 __version__ = "0.1.0"
@@ -46,4 +49,4 @@ def simd_level() -> str:
     return _core.simd_level()
 
 
-__all__ = ["HNSWIndex", "BM25Index", "rag", "Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
+__all__ = ["Tokenizer", "HNSWIndex", "BM25Index", "rag", "Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "simd_level", "__version__"]
