@@ -1,8 +1,19 @@
-"""Command line entry point: ``python -m ecomllm.cli <command>``.
+"""Command line: ``ecomllm <command>`` or ``python -m ecomllm <command>``.
 
-Commands:
-  demo     quantize a weight matrix to NF4, report reconstruction error, storage and kernel speed
-  info     print the CPU features and the SIMD level the kernels use
+The training recipe (each stage reads the previous one's files from ``run_dir``):
+  prepare-data     build instruction data ([CLASSIFY]/[EXTRACT]/[QA] + general) and a text corpus
+  train-tokenizer  train a sentencepiece BPE tokenizer (Llama conventions) on the corpus
+  pretrain         pre-train a small Llama from scratch on the corpus (all parameters)
+  train            QLoRA-fine-tune a base model (NF4 + LoRA) on the instruction data
+  evaluate         dev loss and task metrics, base model vs fine-tuned, with sample completions
+  demo             all of the above on the bundled catalogue (configs/demo.yaml)
+Tools:
+  nf4-demo         quantize a weight matrix to NF4, report error, storage and kernel speed
+  info             CPU features and the SIMD level the kernels use
+
+Every recipe command takes ``--config FILE.yaml`` and ``section.key=value`` overrides, e.g.
+``ecomllm train --config configs/demo.yaml sft.train.learning_rate=1e-4 sft.lora.r=8``.
+``ecomllm <command> --help`` lists every option with its default.
 """
 
 from __future__ import annotations
@@ -82,18 +93,90 @@ def run_demo(rows: int, cols: int, seed: int, out=sys.stdout) -> dict:
     return report
 
 
+# Which config sections each recipe command uses (its --help lists those).
+_SECTIONS = {"prepare-data": ("data",), "train-tokenizer": ("tokenizer",), "pretrain": ("pretrain",),
+             "train": ("sft",), "evaluate": ("sft", "eval"),
+             "demo": ("data", "tokenizer", "pretrain", "sft", "eval")}
+_HELP = {"prepare-data": "build the instruction data set and the pre-training corpus",
+         "train-tokenizer": "train a sentencepiece tokenizer on the corpus",
+         "pretrain": "pre-train a small base model from scratch (all parameters)",
+         "train": "QLoRA supervised fine-tuning (NF4 base + LoRA, completion-only loss)",
+         "evaluate": "dev loss and task metrics of the base vs the fine-tuned model",
+         "demo": "every stage on the bundled catalogue, end to end"}
+
+
+def _recipe_help(command: str) -> str:
+    from .pipeline import PipelineConfig
+    from .train.config import config_help
+    import dataclasses
+    import typing
+    hints = typing.get_type_hints(PipelineConfig)
+    parts = ["options (set in the YAML file by section, or as section.key=value arguments):",
+             "  run_dir (str, default runs/demo): folder of every stage's inputs and outputs",
+             "  (each stage writes into run_dir; its train.output_dir and train.mode are set by the stage)"]
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name in _SECTIONS[command]:
+            parts.append(config_help(hints[f.name], f.name))
+    return "\n".join(parts)
+
+
+def _run_recipe(command: str, args) -> int:
+    from . import pipeline
+    from .train.config import load_config
+    cfg = load_config(pipeline.PipelineConfig, args.config, args.overrides)
+    progress = not args.no_progress
+    if command == "prepare-data":
+        result = pipeline.prepare_data(cfg)
+    elif command == "train-tokenizer":
+        result = pipeline.train_tokenizer(cfg)
+    elif command == "pretrain":
+        result = pipeline.pretrain(cfg, progress, args.resume)
+    elif command == "train":
+        result = pipeline.finetune(cfg, progress, args.resume)
+    elif command == "evaluate":
+        result = pipeline.evaluate(cfg, args.adapter)
+        print(pipeline.format_report(result))
+    else:
+        result = pipeline.run_all(cfg, progress)
+        print(pipeline.format_report(result))
+        print(f"stage timings (s): {result['timings_s']}, total {result['total_s']} s")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ecomllm.cli", description=__doc__,
+    parser = argparse.ArgumentParser(prog="ecomllm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="NF4 quantization demo")
+    for command, help_text in _HELP.items():
+        p = sub.add_parser(command, help=help_text, description=help_text, epilog=_recipe_help(command),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML configuration (defaults: the bundled demo)")
+        p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="override one option, e.g. sft.train.learning_rate=1e-4")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+        p.add_argument("--json", action="store_true", help="also print the stage's result as JSON")
+        if command in ("pretrain", "train"):
+            p.add_argument("--resume", metavar="latest|CHECKPOINT", help="continue from the latest checkpoint in the "
+                           "stage's folder (run_dir/pretrain or run_dir/sft), or from the given one")
+        if command == "evaluate":
+            p.add_argument("--adapter", help="adapter folder to evaluate (default: run_dir/adapter)")
+    demo = sub.add_parser("nf4-demo", help="NF4 quantization demo: error, storage and kernel speed")
     demo.add_argument("--rows", type=int, default=4096)
     demo.add_argument("--cols", type=int, default=4096)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", action="store_true", help="also print the report as JSON")
     sub.add_parser("info", help="CPU features and active SIMD level")
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command in _HELP:
+        try:
+            return _run_recipe(args.command, args)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            # Configuration and data errors: one clear line, no traceback (they name file and key).
+            print(f"ecomllm {args.command}: error: {e}", file=sys.stderr)
+            return 2
+    if args.command == "nf4-demo":
         if args.rows <= 0 or args.cols <= 0:
             parser.error("--rows and --cols must be positive")
         report = run_demo(args.rows, args.cols, args.seed)

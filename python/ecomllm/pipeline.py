@@ -255,7 +255,7 @@ def base_model_dir(cfg: PipelineConfig) -> Path:
     return Path(cfg.sft.base_model) if cfg.sft.base_model else Path(cfg.run_dir) / "base"
 
 
-def pretrain(cfg: PipelineConfig, progress: bool = True) -> dict:
+def pretrain(cfg: PipelineConfig, progress: bool = True, resume_from: str | None = None) -> dict:
     """Pre-train a small Llama from scratch on the corpus (all parameters) and save it in Hugging
     Face format under run_dir/base, with the tokenizer beside it."""
     p = cfg.pretrain
@@ -276,7 +276,7 @@ def pretrain(cfg: PipelineConfig, progress: bool = True) -> dict:
          f"({train.num_tokens} tokens), dev {dev.num_tokens} tokens")
     out = Path(cfg.run_dir) / "pretrain"
     train_cfg = dataclasses.replace(p.train, mode="full", output_dir=str(out), progress=progress and p.train.progress)
-    summary = Trainer(model, train, {"text": dev}, train_cfg).train()
+    summary = Trainer(model, train, {"text": dev}, train_cfg).train(resume_from)
     base = Path(cfg.run_dir) / "base"
     model.save_pretrained(base)
     shutil.copyfile(tokenizer_path(cfg), base / "tokenizer.model")
@@ -312,7 +312,7 @@ def _load_base(cfg: PipelineConfig) -> Model:
     return Model.from_pretrained(base, quantize=quantize)
 
 
-def finetune(cfg: PipelineConfig, progress: bool = True) -> dict:
+def finetune(cfg: PipelineConfig, progress: bool = True, resume_from: str | None = None) -> dict:
     """QLoRA supervised fine-tuning on the instruction data (completion-only loss); the adapter
     lands in run_dir/adapter (PEFT format)."""
     s = cfg.sft
@@ -331,7 +331,7 @@ def finetune(cfg: PipelineConfig, progress: bool = True) -> dict:
          f"({train.num_target_tokens} target tokens)")
     out = Path(cfg.run_dir) / "sft"
     train_cfg = dataclasses.replace(s.train, mode="lora", output_dir=str(out), progress=progress and s.train.progress)
-    summary = Trainer(model, train, dev, train_cfg).train()
+    summary = Trainer(model, train, dev, train_cfg).train(resume_from)
     adapter = Path(cfg.run_dir) / "adapter"
     model.save_adapter(adapter)
     _log(f"sft: adapter -> {adapter}")

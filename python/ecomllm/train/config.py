@@ -327,8 +327,6 @@ def config_help(cls, prefix: str = "") -> str:
             default = f.default_factory()
         else:
             default = "required"
-        shown = yaml.safe_dump(config_to_dict(default) if dataclasses.is_dataclass(default) else
-                               (list(default) if isinstance(default, tuple) else default),
-                               default_flow_style=True).strip().removesuffix("...").strip()
+        shown = yaml.safe_dump(config_to_dict(default), default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
         lines.append(f"  {name} ({_type_name(tp)}, default {shown}): {f.metadata.get('help', '')}")
     return "\n".join(lines)
