@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential pkg-config libeigen3-dev nlohmann-json3-dev libs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PIP_QUIET := -q --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: all deps-system deps-build build build-test dev test test-cpp test-python demo bench clean
+.PHONY: all deps-system deps-build build build-test dev test test-cpp test-python demo nf4-demo bench clean
 
 all: build
 
@@ -55,8 +55,13 @@ test-cpp: deps-system deps-build
 test-python: build-test
 	$(PYTHON) -m pytest
 
+# The end-to-end demo: bundled catalogue -> tokenizer -> pre-trained tiny Llama -> QLoRA SFT -> report.
 demo: build
-	$(PYTHON) -m ecomllm.cli demo
+	$(PYTHON) -m ecomllm demo --config configs/demo.yaml
+
+# The NF4 quantization demonstration (error, storage, kernel speed).
+nf4-demo: build
+	$(PYTHON) -m ecomllm nf4-demo
 
 bench: build-test
 	$(PYTHON) benchmarks/bench_nf4.py --json

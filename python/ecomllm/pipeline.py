@@ -259,8 +259,13 @@ def pretrain(cfg: PipelineConfig, progress: bool = True, resume_from: str | None
     """Pre-train a small Llama from scratch on the corpus (all parameters) and save it in Hugging
     Face format under run_dir/base, with the tokenizer beside it."""
     p = cfg.pretrain
+    corpus = Path(cfg.run_dir) / "data" / "corpus.txt"
+    if not corpus.is_file():
+        raise FileNotFoundError(f"{corpus} not found: run `ecomllm prepare-data` first")
+    if not tokenizer_path(cfg).is_file():
+        raise FileNotFoundError(f"{tokenizer_path(cfg)} not found: run `ecomllm train-tokenizer` first")
     tok = Tokenizer.from_file(tokenizer_path(cfg))
-    lines = (Path(cfg.run_dir) / "data" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    lines = corpus.read_text(encoding="utf-8").splitlines()
     rng = np.random.default_rng(cfg.data.seed)
     order = rng.permutation(len(lines))
     n_dev = max(1, len(lines) // 50)            # 2% of the lines measure held-out loss

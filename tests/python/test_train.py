@@ -114,6 +114,10 @@ def test_config_yaml_sections_and_overrides(tmp_path):
     assert c.learning_rate == 1e-3 and c.micro_batch_size == 4 and c.betas == (0.5, 0.6)
     assert c.eval_batches is None and c.gradient_checkpointing is True and c.lr_scheduler == "cosine"
     assert load_config(TrainConfig) == TrainConfig()
+    # YAML 1.1 reads "2e-4" as a string; float fields accept it, non-numbers stay errors
+    assert load_config(TrainConfig, None, ["train.learning_rate=2e-4"], section="train").learning_rate == 2e-4
+    with pytest.raises(ConfigError, match="learning_rate: expected float, got str 'fast'"):
+        load_config(TrainConfig, None, ["train.learning_rate=fast"], section="train")
     text = config_help(TrainConfig, "train")
     assert "train.learning_rate (float, default 0.0002): peak learning rate" in text
     assert text.count("\n") + 1 == len(TrainConfig.__dataclass_fields__)

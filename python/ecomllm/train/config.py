@@ -150,6 +150,12 @@ def _convert(value, tp, path: str):
             raise bad()
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML follows YAML 1.1, where "2e-4" (no dot) is a string, not a number.
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
         return float(value)
