@@ -168,7 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", action="store_true", help="also print the report as JSON")
     sub.add_parser("info", help="CPU features and active SIMD level")
-    args = parser.parse_args(argv)
+    # Overrides may sit anywhere among the options (`train --resume latest sft.lora.r=8 --json`):
+    # argparse stops collecting a positional list at the first option, so gather the rest here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in _HELP]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = list(args.overrides) + extra
     if args.command in _HELP:
         try:
             return _run_recipe(args.command, args)

@@ -86,3 +86,37 @@ def test_python_dash_m_and_help():
     top = subprocess.run([sys.executable, "-m", "ecomllm", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("prepare-data", "train-tokenizer", "pretrain", "train", "evaluate", "demo"):
         assert command in top
+
+
+def _train_losses(run: Path) -> list[float]:
+    lines = [json.loads(x) for x in (run / "sft" / "metrics.jsonl").read_text().splitlines()]
+    return [d["loss"] for d in lines if d["type"] == "train"]
+
+
+def test_sigkilled_training_resumes_to_the_same_loss_curve(run_dir, tmp_path):
+    """A real kill (SIGKILL of the CLI process, possibly mid-checkpoint), then `--resume latest`:
+    the loss curve equals an uninterrupted run's exactly, step for step."""
+    import shutil
+    import signal
+    import time
+    args = TINY + ["sft.train.max_steps=60", "sft.train.save_every=3", "sft.lora.dropout=0.1"]
+    runs = {}
+    for name in ("straight", "killed"):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        for part in ("data", "base", "tokenizer.model"):
+            src = run_dir / part
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, runs[name] / part)
+    assert cli.main(["train", f"run_dir={runs['straight']}"] + args) == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "ecomllm", "train", f"run_dir={runs['killed']}"] + args,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((runs["killed"] / "sft").glob("checkpoint-0000[1-9]*")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL        # it really died mid-run
+    assert not (runs["killed"] / "adapter").exists()
+    assert cli.main(["train", f"run_dir={runs['killed']}", "--resume", "latest"] + args) == 0
+    assert len(_train_losses(runs["straight"])) == 60
+    assert _train_losses(runs["killed"]) == _train_losses(runs["straight"])
