@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run_recipe(args.command, args)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             # Configuration and data errors: one clear line, no traceback (they name file and key).
-            print(f"ecomllm {args.command}: error: {e}", file=sys.stderr)
+            hint = (" (on the command line: --resume latest, or another run_dir=...)"
+                    if isinstance(e, FileExistsError) and "checkpoints" in str(e) else "")
+            print(f"ecomllm {args.command}: error: {e}{hint}", file=sys.stderr)
             return 2
     if args.command == "nf4-demo":
         if args.rows <= 0 or args.cols <= 0:

@@ -432,7 +432,15 @@ def format_report(report: dict) -> str:
 
 
 def run_all(cfg: PipelineConfig, progress: bool = True) -> dict:
-    """Every stage in order: the demo."""
+    """Every stage in order, from scratch: the demo."""
+    # The demo starts from scratch: outputs of an earlier run in run_dir are replaced (only the
+    # folders and files the stages write; anything else in run_dir is left alone).
+    run = Path(cfg.run_dir)
+    stale = [run / n for n in ("pretrain", "sft", "base", "adapter", "report.json", "report.md")]
+    if any(p.exists() for p in stale):
+        _log(f"demo: replacing the outputs of an earlier run in {run}")
+        for p in stale:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     t0 = time.perf_counter()
     timings = {}
     for name, fn in (("prepare-data", lambda: prepare_data(cfg)), ("train-tokenizer", lambda: train_tokenizer(cfg)),

@@ -120,3 +120,16 @@ def test_sigkilled_training_resumes_to_the_same_loss_curve(run_dir, tmp_path):
     assert cli.main(["train", f"run_dir={runs['killed']}", "--resume", "latest"] + args) == 0
     assert len(_train_losses(runs["straight"])) == 60
     assert _train_losses(runs["killed"]) == _train_losses(runs["straight"])
+
+
+def test_rerunning_stages(run_dir, tmp_path, capsys):
+    # `train` again without --resume refuses to mix runs, and says how to continue
+    assert cli.main(["train", f"run_dir={run_dir}"] + TINY) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    # `demo` again starts from scratch in the same run_dir
+    import shutil
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    assert cli.main(["demo", f"run_dir={again}"] + TINY) == 0
+    assert "replacing the outputs of an earlier run" in capsys.readouterr().err
+    assert (again / "report.json").is_file()
