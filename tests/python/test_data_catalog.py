@@ -229,10 +229,14 @@ def test_mave_file_schema(cat, written):
 def test_pretraining_corpus(cat):
     lines = list(pretraining_corpus(cat))
     assert all(line and "\n" not in line for line in lines)
-    assert len(lines) > len(cat.products) * 3 + len(cat.qa)
-    joined = set(lines)
-    assert cat.products[5].title in joined
-    assert CATEGORY_SEPARATOR.join(cat.taxonomy_paths[0]) in joined
+    # category paths, then one document per product, then the general instructions
+    assert len(lines) == len(cat.taxonomy_paths) + len(cat.products) + len(cat.general)
+    assert CATEGORY_SEPARATOR.join(cat.taxonomy_paths[0]) in set(lines)
+    p = cat.products[5]
+    doc = lines[len(cat.taxonomy_paths) + 5]
+    assert doc.startswith(" ".join(p.title.split()))
+    for q in (q for q in cat.qa if q.product_id == p.id):
+        assert " ".join(f"Question: {q.question} Answer: {q.answer}".split()) in doc
 
 
 def test_learnable_category_from_title(cat):

@@ -1496,17 +1496,22 @@ def read_catalog(out_dir: str) -> Catalog:
 
 def pretraining_corpus(catalog: Catalog) -> Iterator[str]:
     """Plain text lines (no newlines inside) for tokenizer training and base-model pre-training:
-    category paths, product titles, descriptions and feature bullets, question/answer pairs and
-    the general instructions with their answers."""
+    category paths; one document per product, like its product page (title, description, feature
+    bullets, then its questions and answers); the general instructions with their answers.
+
+    Keeping a product's text in one document matters: values named in the title come back in the
+    description, bullets and answers, which is what teaches a small model to copy from context."""
     def one_line(s: str) -> str:
         return " ".join(s.split())
 
+    questions: dict[str, list[QAItem]] = {}
+    for q in catalog.qa:
+        questions.setdefault(q.product_id, []).append(q)
     for path in catalog.taxonomy_paths:
         yield CATEGORY_SEPARATOR.join(path)
     for p in catalog.products:
-        for para in p.paragraphs:
-            yield one_line(para.text)
-    for q in catalog.qa:
-        yield one_line(f"Question: {q.question} Answer: {q.answer}")
+        parts = [para.text for para in p.paragraphs]
+        parts += [f"Question: {q.question} Answer: {q.answer}" for q in questions.get(p.id, [])]
+        yield one_line(" ".join(parts))
     for e in catalog.general:
         yield one_line(f"{e.prompt} {e.completion}")
