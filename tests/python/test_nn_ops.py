@@ -286,8 +286,9 @@ def check_attention(B, T, H, KV, D, seg_kind="none", window=0, seed=0):
     ref.backward(torch.from_numpy(dout).double())
     dq, dk, dv = nn.attention_backward(dout, q, k, v, out, lse, seg, window)
     for ours, t in ((dq, qt), (dk, kt), (dv, vt)):
-        # floor: with T == 1 or window == 1 every query sees only itself and dq is exactly 0.
-        assert rel_err(ours, t.grad, floor=0.01) <= RTOL_GRAD
+        # floor: with T == 1 or window == 1 every query sees only itself and dq is exactly 0; ours
+        # is then the float32 rounding residue of dP - D (|dP| = |dout . v| up to ~15), ~1e-6.
+        assert rel_err(ours, t.grad, floor=0.1) <= RTOL_GRAD
 
 
 @pytest.mark.parametrize("T", [1, 3, 17, 63, 65, 130])
