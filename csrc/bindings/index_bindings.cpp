@@ -85,6 +85,26 @@ class PyHnswIndex {
     return py::make_tuple(ids, dist, counts, stats.exact);
   }
 
+  // One unfiltered query [dim] -> (ids [k], dists [k], count): the one-query-per-call path (an
+  // online service, ann-benchmarks) without the batch call's filter arguments and [1, k] arrays.
+  py::tuple search_single(const py::array& q, int64_t k, int64_t ef) {
+    const TensorView v = expect_array(q, DType::F32, 1, "query");
+    ECOM_CHECK_ARG(v.shape[0] == ix_->params().dim, "query: expected ", ix_->params().dim, " values, got shape ",
+                   v.shape_str());
+    ECOM_CHECK_ARG(k >= 1, "k must be >= 1, got ", k);
+    auto ids = new_array<int64_t>({k});
+    auto dist = new_array<float>({k});
+    int64_t count = 0;
+    {
+      const float* pq = static_cast<const float*>(q.data());
+      int64_t* pi = ids.mutable_data();
+      float* pd = dist.mutable_data();
+      py::gil_scoped_release release;
+      ix_->search(pq, 1, k, ef, nullptr, /*num_threads=*/0, pi, pd, &count);
+    }
+    return py::make_tuple(ids, dist, count);
+  }
+
   int64_t remove(const py::array& ids, bool missing_ok) {
     const int64_t n = expect_ids(ids, "ids");
     const int64_t* p = static_cast<const int64_t*>(ids.data());
@@ -143,6 +163,7 @@ void bind_index(py::module_& m) {
       .def("search", &PyHnswIndex::search, py::arg("queries"), py::arg("k"), py::arg("ef"),
            py::arg("filter_ids") = py::none(), py::arg("filter_labels") = py::none(),
            py::arg("exact_threshold") = 0.05, py::arg("num_threads") = 0)
+      .def("search_single", &PyHnswIndex::search_single, py::arg("query"), py::arg("k"), py::arg("ef"))
       .def("remove", &PyHnswIndex::remove, py::arg("ids"), py::arg("missing_ok") = false)
       .def("compact", [](PyHnswIndex& s, int num_threads) {
              py::gil_scoped_release release;

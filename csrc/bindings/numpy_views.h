@@ -18,12 +18,13 @@ namespace py = pybind11;
 // The core dtype of a numpy array; "bfloat16" arrays (ml_dtypes) map to BF16.
 inline DType dtype_of(const py::array& a) {
   const py::dtype dt = a.dtype();
+  // Built-in dtypes by identity first: the name lookup below costs a Python attribute access.
+  if (dt.is(py::dtype::of<float>())) return DType::F32;
+  if (dt.is(py::dtype::of<int64_t>())) return DType::I64;
+  if (dt.is(py::dtype::of<int32_t>())) return DType::I32;
+  if (dt.is(py::dtype::of<uint8_t>())) return DType::U8;
   const std::string name = py::str(dt.attr("name"));
   if (name == "bfloat16" && dt.itemsize() == 2) return DType::BF16;
-  if (dt.is(py::dtype::of<float>())) return DType::F32;
-  if (dt.is(py::dtype::of<uint8_t>())) return DType::U8;
-  if (dt.is(py::dtype::of<int32_t>())) return DType::I32;
-  if (dt.is(py::dtype::of<int64_t>())) return DType::I64;
   if (name == "float16") return DType::F16;
   throw ValueError("unsupported array dtype '" + name + "'");
 }

@@ -1,4 +1,4 @@
-// AVX-512 distance kernels (compiled with -mavx512f/bw/vl/dq). Two accumulators over 32-float
+// AVX-512 distance kernels (compiled with -mavx512f/bw/vl/dq). Four accumulators over 64-float
 // steps hide the FMA latency; the tail is one masked 16-lane step, so no scalar loop remains.
 // GCC 12's AVX-512 headers build some intrinsics from _mm512_undefined_*() and then warn about it.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -37,17 +37,19 @@ struct DotOp {
 
 template <typename Op, typename T>
 float reduce(const float* q, const T* x, int64_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
+  for (; i + 64 <= n; i += 64) {
     s0 = Op::step(s0, load(q + i), load(x + i));
     s1 = Op::step(s1, load(q + i + 16), load(x + i + 16));
+    s2 = Op::step(s2, load(q + i + 32), load(x + i + 32));
+    s3 = Op::step(s3, load(q + i + 48), load(x + i + 48));
   }
   for (; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
     s0 = Op::step(s0, load(q + i, m), load(x + i, m));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
 float l2_f32(const float* q, const float* x, int64_t n) { return reduce<L2Op>(q, x, n); }

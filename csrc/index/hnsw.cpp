@@ -201,10 +201,12 @@ void HnswIndex::compute_layout() {
   const size_t links_bytes = (2 + static_cast<size_t>(M0_)) * sizeof(uint32_t);
   aux_offset_ = links_bytes;
   const size_t aux_bytes = p_.storage == Storage::I8 ? 2 * sizeof(float) : 0;
-  vec_offset_ = links_bytes + aux_bytes;
+  // The vector starts on a cache line and elements are whole lines (level0_ is 64-byte aligned),
+  // so a distance reads exactly ceil(vec_bytes / 64) lines and the prefetch can cover them all.
+  vec_offset_ = (links_bytes + aux_bytes + 63) / 64 * 64;
   const size_t elem_size = p_.storage == Storage::F32 ? 4 : p_.storage == Storage::BF16 ? 2 : 1;
   vec_bytes_ = elem_size * static_cast<size_t>(p_.dim);
-  elem_bytes_ = (vec_offset_ + vec_bytes_ + 7) / 8 * 8;
+  elem_bytes_ = (vec_offset_ + vec_bytes_ + 63) / 64 * 64;
   upper_level_words_ = 2 + static_cast<size_t>(p_.M);
 }
 
@@ -245,7 +247,7 @@ void HnswIndex::grow(int64_t min_capacity) {
   int64_t cap = std::max<int64_t>({min_capacity, capacity_ + capacity_ / 2, 1024});
   cap = std::min<int64_t>(cap, (int64_t{1} << 32) - 2);
   ECOM_CHECK_ARG(min_capacity <= cap, "the index cannot hold more than 2^32 - 2 vectors");
-  AlignedBuffer next(static_cast<size_t>(cap) * elem_bytes_, /*zero=*/true);
+  AlignedBuffer next = AlignedBuffer::for_random_access(static_cast<size_t>(cap) * elem_bytes_, /*zero=*/true);
   if (capacity_ > 0) std::memcpy(next.data(), level0_, static_cast<size_t>(capacity_) * elem_bytes_);
   level0_owned_ = std::move(next);
   level0_ = level0_owned_.data();
@@ -416,6 +418,9 @@ void HnswIndex::search_layer(const DistCtx& d, uint32_t ep, float ep_dist, int64
   }
   cand.emplace_back(ep_dist, ep);
   uint32_t* nb = s.nbuf.data();
+  // Lines of a neighbour's vector prefetched one distance ahead (its first line is requested when
+  // the links are scanned). More than 8 measured no faster at dim 384: the hardware prefetcher
+  // follows the rest of a long row.
   const size_t vec_lines = std::min<size_t>((vec_bytes_ + 63) / 64, 8);
   while (!cand.empty()) {
     const DistSlot c = cand.front();
@@ -440,6 +445,13 @@ void HnswIndex::search_layer(const DistCtx& d, uint32_t ep, float ep_dist, int64
       if (static_cast<int64_t>(top.size()) < ef || dist < bound) {
         cand.emplace_back(dist, x);
         std::push_heap(cand.begin(), cand.end(), std::greater<>());
+        // The frontier's best is expanded next: start loading its link list now (level 0 only;
+        // upper levels are walked once per query).
+        if (level == 0) {
+          const char* links = reinterpret_cast<const char*>(elem(cand.front().second));
+          __builtin_prefetch(links);
+          __builtin_prefetch(links + 64);
+        }
         if (admitted(x)) {
           top.emplace_back(dist, x);
           std::push_heap(top.begin(), top.end());

@@ -2,8 +2,9 @@
 //
 // Vectors live in "slots". Level 0 of the graph is one contiguous block, one element per slot:
 //   [u32 seq][u16 count][u8 level][u8 state][u32 links[M0]][aux (int8 only: f32 scale, f32 |x|^2)]
-//   [vector: dim x f32 | bf16 | int8]
-// so expanding a node reads its links and its neighbours' vectors from one place each. Upper
+//   [zero padding to a 64-byte boundary][vector: dim x f32 | bf16 | int8][padding to 64 bytes]
+// so expanding a node reads its links and its neighbours' vectors from one place each, and a
+// vector occupies exactly ceil(bytes / 64) cache lines (prefetched whole). Upper
 // levels (about 1 node in M) have their own block per node: per level [u32 seq][u32 count]
 // [u32 links[M]]. M0 = 2 * M. External ids (int64) map to slots through a hash map; each slot also
 // carries an int64 metadata label (-1 when unset) for label filters.

@@ -5,6 +5,7 @@
 //               level counter, element size, upper-link word count, payload size, payload CRC-32,
 //               header CRC-32 (of the header with that field zero)
 //   offset 192  level 0: slots x element (layout in hnsw.h)     -- the part mmap=True maps
+//               (version 2: vectors start on a 64-byte line; version-1 files are refused)
 //   then        ext ids: slots x int64; labels: slots x int64;
 //               upper links: for each slot with level > 0, level x (2 + M) uint32
 // Sections start at multiples of 64 bytes (zero padding, covered by the payload CRC).
@@ -34,7 +35,7 @@ static_assert(std::endian::native == std::endian::little, "index files are littl
 namespace {
 
 constexpr char kMagic[8] = {'E', 'C', 'O', 'M', 'H', 'N', 'S', 'W'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: level-0 vectors start on a 64-byte line
 
 struct FileHeader {
   char magic[8];

@@ -166,7 +166,15 @@ class HNSWIndex:
         filter: None, an array of allowed ids, or a :class:`Filter`.
         Returns ``(ids int64 [Q, k], dists float32 [Q, k])``, padded with -1 / inf where fewer
         than k rows qualify; with return_counts=True also ``counts int64 [Q]``.
+        One unfiltered C-contiguous float32 query of shape [dim] (the online-serving case) takes a
+        lean call with a few microseconds less overhead than the batch path.
         """
+        if filter is None and type(queries) is np.ndarray and queries.ndim == 1 and queries.dtype == np.float32 \
+                and queries.flags.c_contiguous:
+            # One plain query (the online-serving case): the lean call; it checks length and layout.
+            ids, dists, count = self._ix.search_single(queries, int(k), int(ef))
+            self.last_search_exact = False
+            return (ids, dists, count) if return_counts else (ids, dists)
         q, single = _rows(queries, self._dim, "queries")
         fid = flab = None
         threshold = 0.05

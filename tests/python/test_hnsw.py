@@ -144,6 +144,28 @@ def test_single_query_and_small_index_never_raise():
     assert len(empty) == 0 and 3 not in empty
 
 
+def test_one_query_path_matches_the_batch_path():
+    # A plain 1-D float32 query takes the lean single-query call; every other form goes through
+    # the batch call. Both must give the same answers and the same errors.
+    x, q = clustered(500, 16, queries=8)
+    idx = build(x, metric="l2")
+    batch_ids, batch_d, batch_c = idx.search(q, k=7, ef=32, return_counts=True)
+    for i in range(len(q)):
+        ids, d, c = idx.search(q[i], k=7, ef=32, return_counts=True)
+        assert ids.dtype == np.int64 and d.dtype == np.float32 and ids.shape == (7,)
+        np.testing.assert_array_equal(ids, batch_ids[i])
+        np.testing.assert_array_equal(d, batch_d[i])
+        assert c == batch_c[i] == 7
+    strided = np.repeat(q[:1], 2, axis=1)[0, ::2]  # 1-D float32, not contiguous
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(idx.search(strided, k=7, ef=32)[0], batch_ids[0])
+    np.testing.assert_array_equal(idx.search(q[0].astype(np.float64), k=7, ef=32)[0], batch_ids[0])
+    with pytest.raises(ValueError, match="expected 16 values|expected shape"):
+        idx.search(np.zeros(15, np.float32))
+    with pytest.raises(ValueError, match="k must"):
+        idx.search(q[0], k=0)
+
+
 # ---- deletes and compaction ------------------------------------------------------------------------
 def test_deleted_ids_are_never_returned_and_ids_can_return():
     x, q = clustered(3000, 32, seed=5)
