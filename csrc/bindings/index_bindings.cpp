@@ -164,6 +164,10 @@ void bind_index(py::module_& m) {
            py::arg("filter_ids") = py::none(), py::arg("filter_labels") = py::none(),
            py::arg("exact_threshold") = 0.05, py::arg("num_threads") = 0)
       .def("search_single", &PyHnswIndex::search_single, py::arg("query"), py::arg("k"), py::arg("ef"))
+      .def("reorder", [](PyHnswIndex& s) {
+             py::gil_scoped_release release;
+             s.ix().reorder();
+           })
       .def("remove", &PyHnswIndex::remove, py::arg("ids"), py::arg("missing_ok") = false)
       .def("compact", [](PyHnswIndex& s, int num_threads) {
              py::gil_scoped_release release;

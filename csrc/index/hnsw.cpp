@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <thread>
 #include <unordered_set>
 
 #include "base/error.h"
@@ -612,6 +613,8 @@ void HnswIndex::add(const float* x, const int64_t* ids, int64_t n, int num_threa
   std::vector<int64_t> auto_ids;
   int64_t need = 0;
   {
+    // global_ shared: compact() and reorder() (exclusive) never see a half-made reservation.
+    std::shared_lock<std::shared_mutex> shared(global_);
     std::lock_guard<std::mutex> lock(ids_mutex_);
     if (!ids) {  // consecutive ids from next_auto_id_, taken under the same lock as the insert
       auto_ids.resize(n);
@@ -641,7 +644,19 @@ void HnswIndex::add(const float* x, const int64_t* ids, int64_t n, int num_threa
       next_auto_id_ = std::max(next_auto_id_, ids[i] + 1);
     }
     need = slots_used_;
+    ++adds_in_flight_;  // its slots are reserved: nothing may renumber slots until it ends
   }
+  struct InFlight {  // ends this add's reservation however add() leaves
+    HnswIndex& ix;
+    bool done = false;
+    void end() {
+      if (done) return;
+      std::lock_guard<std::mutex> lock(ix.ids_mutex_);
+      --ix.adds_in_flight_;
+      done = true;
+    }
+    ~InFlight() { end(); }
+  } in_flight{*this};
   if (assigned) std::copy(ids, ids + n, assigned);
   {
     std::shared_lock<std::shared_mutex> shared(global_);
@@ -667,6 +682,9 @@ void HnswIndex::add(const float* x, const int64_t* ids, int64_t n, int num_threa
     first = 1;
   }
   parallel_for(first, n, 16, insert_range);
+  in_flight.end();
+  // A bulk load (this batch is at least half the index) is laid out for locality once, here.
+  if (n >= kReorderMinRows && 2 * n >= size()) reorder_slots(/*wait=*/false);
 }
 
 // ---- search -------------------------------------------------------------------------------------
@@ -880,6 +898,9 @@ size_t HnswIndex::memory_bytes() const {
 void HnswIndex::compact(int num_threads) {
   check_writable();
   std::unique_lock<std::shared_mutex> exclusive(global_);
+  {  // slots reserved by a running add() must not move or be handed out again
+    const std::unique_lock<std::mutex> no_adds = lock_without_adds(exclusive, /*wait=*/true);
+  }
   const ThreadCountScope threads(num_threads);
   const int64_t used = slots_used_;
   std::vector<uint8_t> dead(used, 0);
@@ -1034,6 +1055,99 @@ void HnswIndex::rebuild_live() {
   if (n == 0) return;
   insert_range(0, 1);
   parallel_for(1, n, 16, insert_range);
+}
+
+// ---- memory locality ----------------------------------------------------------------------------
+
+// Breadth-first order of the level-0 graph from the entry point (then from any slot not reached),
+// free slots last; returns new position -> old slot.
+std::vector<uint32_t> HnswIndex::locality_order() const {
+  const int64_t used = slots_used_;
+  constexpr uint32_t kUnset = ~uint32_t{0};
+  std::vector<uint32_t> order, placed(static_cast<size_t>(used), kUnset);
+  order.reserve(static_cast<size_t>(used));
+  auto place = [&](uint32_t slot) {
+    if (placed[slot] != kUnset) return;
+    placed[slot] = static_cast<uint32_t>(order.size());
+    order.push_back(slot);
+  };
+  const uint64_t entry = entry_.load(std::memory_order_relaxed);
+  if (entry != kNoEntry) place(entry_slot(entry));
+  size_t head = 0;
+  for (int64_t start = 0;; ++start) {
+    for (; head < order.size(); ++head) {
+      const uint32_t* list = links_at(order[head], 0);
+      const int n = std::min<int>(*reinterpret_cast<const uint16_t*>(list + 1), static_cast<int>(M0_));
+      for (int i = 0; i < n; ++i) place(list[2 + i]);
+    }
+    while (start < used && (placed[start] != kUnset ||
+                            state_ref(static_cast<uint32_t>(start)).load(std::memory_order_relaxed) == kFree))
+      ++start;
+    if (start >= used) break;
+    place(static_cast<uint32_t>(start));
+  }
+  for (int64_t slot = 0; slot < used; ++slot) place(static_cast<uint32_t>(slot));  // free slots
+  return order;
+}
+
+void HnswIndex::reorder() {
+  check_writable();
+  reorder_slots(/*wait=*/true);
+}
+
+std::unique_lock<std::mutex> HnswIndex::lock_without_adds(std::unique_lock<std::shared_mutex>& exclusive,
+                                                          bool wait) const {
+  for (;;) {
+    std::unique_lock<std::mutex> ids_lock(ids_mutex_);
+    if (adds_in_flight_ == 0 || !wait) return ids_lock;
+    ids_lock.unlock();
+    exclusive.unlock();  // let the running add() calls finish their rows
+    std::this_thread::yield();
+    exclusive.lock();
+  }
+}
+
+void HnswIndex::reorder_slots(bool wait) {
+  std::unique_lock<std::shared_mutex> exclusive(global_);
+  const std::unique_lock<std::mutex> lock = lock_without_adds(exclusive, wait);
+  if (adds_in_flight_ > 0) return;  // only when !wait: skipping is harmless, it is an optimisation
+  const int64_t used = slots_used_;
+  if (used < 2) return;
+  const std::vector<uint32_t> order = locality_order();
+  std::vector<uint32_t> new_of(static_cast<size_t>(used));
+  for (size_t i = 0; i < order.size(); ++i) new_of[order[i]] = static_cast<uint32_t>(i);
+  auto remap_list = [&](uint32_t* list, int cap) {
+    const int n = std::min<int>(*reinterpret_cast<uint16_t*>(list + 1), cap);
+    for (int i = 0; i < n; ++i) list[2 + i] = new_of[list[2 + i]];
+  };
+
+  AlignedBuffer next = AlignedBuffer::for_random_access(static_cast<size_t>(capacity_) * elem_bytes_, /*zero=*/true);
+  std::vector<std::unique_ptr<uint32_t[]>> upper(static_cast<size_t>(capacity_));
+  std::vector<int64_t> ext_id(static_cast<size_t>(capacity_), -1), label(static_cast<size_t>(capacity_), -1);
+  for (int64_t i = 0; i < used; ++i) {
+    const uint32_t old = order[i];
+    std::byte* dst = next.data() + static_cast<size_t>(i) * elem_bytes_;
+    std::memcpy(dst, elem(old), elem_bytes_);
+    remap_list(reinterpret_cast<uint32_t*>(dst), static_cast<int>(M0_));
+    upper[i] = std::move(upper_[old]);
+    if (upper[i]) {
+      const int levels = static_cast<int>(*reinterpret_cast<const uint8_t*>(dst + 6));
+      for (int l = 1; l <= levels; ++l)
+        remap_list(upper[i].get() + static_cast<size_t>(l - 1) * upper_level_words_, static_cast<int>(p_.M));
+    }
+    ext_id[i] = ext_id_[old];
+    label[i] = label_[old];
+  }
+  level0_owned_ = std::move(next);
+  level0_ = level0_owned_.data();
+  upper_ = std::move(upper);
+  ext_id_ = std::move(ext_id);
+  label_ = std::move(label);
+  for (auto& kv : id_map_) kv.second = new_of[kv.second];
+  for (uint32_t& slot : free_slots_) slot = new_of[slot];
+  const uint64_t entry = entry_.load(std::memory_order_relaxed);
+  if (entry != kNoEntry)
+    entry_.store((static_cast<uint64_t>(entry_level(entry)) << 32) | new_of[entry_slot(entry)], std::memory_order_release);
 }
 
 // ---- checks -------------------------------------------------------------------------------------

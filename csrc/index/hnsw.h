@@ -91,6 +91,7 @@ struct SearchStats {
 class HnswIndex {
  public:
   static constexpr int64_t kExactMinCount = 1024;  // allowed sets this small are always scanned
+  static constexpr int64_t kReorderMinRows = 10000;  // add() batches this large trigger reorder()
 
   explicit HnswIndex(const HnswParams& params, int64_t initial_capacity = 0);
   ~HnswIndex();
@@ -115,6 +116,10 @@ class HnswIndex {
   int64_t remove(const int64_t* ids, int64_t n, bool missing_ok);
   // Repairs (or rebuilds) the links around deleted nodes and frees their slots (file comment).
   void compact(int num_threads = 0);
+  // Renumbers slots in breadth-first order of the level-0 graph so that nodes walked together lie
+  // together in memory (fewer cache misses once the graph outgrows the cache). Ids, labels and
+  // the graph itself are unchanged; searches wait while it runs.
+  void reorder();
 
   void set_labels(const int64_t* ids, const int64_t* labels, int64_t n);
   void get_labels(const int64_t* ids, int64_t n, int64_t* out) const;
@@ -169,6 +174,12 @@ class HnswIndex {
   void decode_row(uint32_t slot, float* out) const;
   void prepare_query(const float* q, float* out) const;  // copy (normalise for cosine), check finite
   void rebuild_live();  // compact() after heavy deletion
+  std::vector<uint32_t> locality_order() const;  // reorder(): new position -> old slot
+  // reorder() body; wait=false skips (instead of waiting) while an add() holds reserved slots.
+  void reorder_slots(bool wait);
+  // Holding global_ exclusively, takes ids_mutex_ once no add() is between reserving its slots
+  // and inserting them (releasing global_ meanwhile); wait=false returns at once.
+  std::unique_lock<std::mutex> lock_without_adds(std::unique_lock<std::shared_mutex>& exclusive, bool wait) const;
   void check_writable() const;  // ValueError when opened with mmap=True
   void grow(int64_t min_capacity);                        // caller holds global_ exclusive
   void compute_layout();
@@ -201,6 +212,7 @@ class HnswIndex {
   std::unordered_map<int64_t, uint32_t> id_map_;  // live ids only
   std::vector<uint32_t> free_slots_;
   int64_t slots_used_ = 0;  // high-water mark of slots ever handed out
+  int64_t adds_in_flight_ = 0;  // add() calls between reserving slots and finishing (ids_mutex_)
   int64_t next_auto_id_ = 0;
   std::atomic<int64_t> live_{0}, deleted_{0};
   std::atomic<uint64_t> entry_{kNoEntry};  // (level << 32) | slot

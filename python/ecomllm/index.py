@@ -39,6 +39,9 @@ calls and block others briefly.
 Deletes: ``delete(ids)`` hides rows at once (they are never returned). ``compact()`` repairs the
 graph links around deleted rows and frees their slots for later adds, keeping recall where a
 fresh build would be; call it after large deletions.
+
+Memory layout: each row's vector starts on a cache line; large graphs ask Linux for transparent
+huge pages; a bulk ``add`` ends with :meth:`HNSWIndex.reorder` (rows stored in graph order).
 """
 
 from __future__ import annotations
@@ -204,6 +207,17 @@ class HNSWIndex:
     def compact(self, num_threads: int = 0) -> None:
         """Repair the graph around deleted rows and free their slots for reuse by later adds."""
         self._ix.compact(int(num_threads))
+
+    def reorder(self) -> None:
+        """Lay the rows out in memory in breadth-first order of the graph, so that rows a search
+        visits together are stored together (4-8% more queries per second measured on graphs of
+        100k-200k rows, which outgrow the CPU cache). Ids, labels and results do not change.
+
+        ``add`` does this by itself after a bulk load (a batch of at least 10,000 rows that is at
+        least half of the index); call it after building up a large index from small batches.
+        Searches wait while it runs (about 0.1 s per 100k rows).
+        """
+        self._ix.reorder()
 
     def set_labels(self, ids: ArrayLike, labels: ArrayLike) -> None:
         """Attach an integer metadata label (category, brand, shop ...) to each id, for filters."""

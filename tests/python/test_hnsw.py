@@ -166,6 +166,59 @@ def test_one_query_path_matches_the_batch_path():
         idx.search(q[0], k=0)
 
 
+def test_reorder_keeps_ids_labels_and_results():
+    x, q = clustered(3000, 16, queries=50)
+    idx = build(x, metric="l2", ids=np.arange(3000) * 7 + 3)
+    idx.set_labels(np.arange(0, 3000, 3) * 7 + 3, np.full(1000, 5))
+    idx.delete([3, 10, 17])  # deleted rows move with the rest and stay hidden
+    before = idx.search(q, k=10, ef=64)
+    filtered = idx.search(q, k=10, ef=64, filter=Filter(labels=[5], exact_threshold=0.0))
+    idx.reorder()
+    idx._ix.check_graph()
+    after = idx.search(q, k=10, ef=64)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_allclose(after[1], before[1], rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        idx.search(q, k=10, ef=64, filter=Filter(labels=[5], exact_threshold=0.0))[0], filtered[0])
+    assert idx.get_labels([3 + 7 * 3, 3 + 7 * 4]).tolist() == [5, -1]  # rows 3 and 4
+    np.testing.assert_array_equal(idx.get_vectors([3 + 7 * 5]), x[5:6])
+    assert 3 not in idx and len(idx) == 2997
+    idx.compact()  # freed slots are reused after a reorder
+    idx.add(x[:3] + 0.5, ids=[1, 2, 4])
+    idx._ix.check_graph()
+    assert idx.search(x[0] + 0.5, k=1)[0][0] == 1
+
+
+def test_bulk_add_reorders_and_concurrent_adds_stay_consistent():
+    # A bulk add ends with a reorder; adds running in other threads hold reserved slots that a
+    # reorder or a compact must not move. The graph must stay consistent and every row findable.
+    x, _ = clustered(24000, 8, queries=1)
+    idx = HNSWIndex(8, metric="l2", M=8, ef_construction=40)
+    errors = []
+
+    def small_adds(offset):
+        try:
+            for b in range(0, 2000, 100):
+                idx.add(x[offset + b : offset + b + 100], ids=np.arange(offset + b, offset + b + 100), num_threads=1)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=small_adds, args=(o,)) for o in (20000, 22000)]
+    for t in threads:
+        t.start()
+    idx.add(x[:20000], ids=np.arange(20000), num_threads=2)  # bulk: triggers the reorder
+    idx.delete(np.arange(0, 20000, 2))
+    idx.compact()  # may run while the small adds are still going
+    for t in threads:
+        t.join()
+    assert not errors
+    idx._ix.check_graph()
+    live = np.concatenate([np.arange(1, 20000, 2), np.arange(20000, 24000)])
+    assert len(idx) == len(live)
+    found, _ = idx.search(x[live[::50]], k=1, ef=64)
+    assert (found[:, 0] == live[::50]).mean() >= 0.98
+
+
 # ---- deletes and compaction ------------------------------------------------------------------------
 def test_deleted_ids_are_never_returned_and_ids_can_return():
     x, q = clustered(3000, 32, seed=5)
