@@ -252,14 +252,12 @@ def bench_filtered(adapters, x, q, metric, runs, quick):
 
 
 def hnswlib_build_flags():
-    """Whether the installed hnswlib was compiled with AVX-512/AVX (from its binary's symbols)."""
+    """Which hnswlib binary ran. Its kernels are chosen at compile time (-march=native when built
+    from source), so they match this CPU's instructions only if it was compiled here: see README."""
     try:
         import hnswlib
 
-        path = hnswlib.__file__
-        with open(path, "rb") as f:
-            blob = f.read()
-        return {"module": path, "has_avx512_kernels": b"AVX512" in blob or b"avx512" in blob.lower()}
+        return {"module": hnswlib.__file__, "cpu_avx512": bool(cpu_info().get("avx512f"))}
     except Exception as e:  # noqa: BLE001
         return {"error": str(e)}
 
