@@ -14,7 +14,9 @@ inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // x is ~1e-38, not 0: callers that need an exact 0 for masked entries select it themselves).
 // Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for exp(r), 2^n built in the
 // exponent bits. The round-to-nearest of x*log2(e) uses the 1.5*2^23 magic-number trick.
-inline float exp_approx(float x) {
+// Always inlined: SIMD files (e.g. swiglu_avx2.cpp) use it too, and an out-of-line copy built
+// with -mavx2 must never be what the linker hands to baseline code.
+[[gnu::always_inline]] inline float exp_approx(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23

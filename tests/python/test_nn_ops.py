@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ecomllm import _core
 from ecomllm._core import nn
 
 RTOL_GRAD = 1e-4
@@ -164,8 +165,15 @@ def test_rope_rejects_odd_head_dim_and_negative_positions():
 # ---- swiglu ------------------------------------------------------------------------------------
 
 
+def _simd_levels():
+    levels = ("scalar", "avx2", "avx512")
+    return levels[: levels.index(_core.cpu_features()["best_level"]) + 1]
+
+
+@pytest.mark.parametrize("level", _simd_levels())
 @pytest.mark.parametrize("n", [1, 3, 17, 63, 65, 4097, 100003])
-def test_swiglu_matches_silu_times_up(n):
+def test_swiglu_matches_silu_times_up(n, level):
+    _core.set_simd_level(level)  # the baseline loop and the AVX2 build of it (conftest restores)
     rng = np.random.default_rng(n)
     g = f32(rng, n, scale=4.0)
     u = f32(rng, n)
