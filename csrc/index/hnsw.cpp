@@ -1121,25 +1121,39 @@ void HnswIndex::reorder_slots(bool wait) {
     for (int i = 0; i < n; ++i) list[2 + i] = new_of[list[2 + i]];
   };
 
-  AlignedBuffer next = AlignedBuffer::for_random_access(static_cast<size_t>(capacity_) * elem_bytes_, /*zero=*/true);
+  // Links first (in place: they name slots, wherever their list lives), then the rows move.
+  for (int64_t slot = 0; slot < used; ++slot) {
+    const uint32_t sl = static_cast<uint32_t>(slot);
+    remap_list(links_at(sl, 0), static_cast<int>(M0_));
+    if (upper_[sl])
+      for (int l = 1; l <= level_of(sl); ++l) remap_list(links_at(sl, l), static_cast<int>(p_.M));
+  }
+  // Level 0 is permuted in place, cycle by cycle (new row i = old row order[i]), so a graph of
+  // any size needs one spare element, not a second copy of itself.
+  std::vector<std::byte> spare(elem_bytes_);
+  std::vector<uint8_t> moved(static_cast<size_t>(used), 0);
+  for (int64_t start = 0; start < used; ++start) {
+    if (moved[start] || order[start] == start) continue;
+    std::memcpy(spare.data(), elem(static_cast<uint32_t>(start)), elem_bytes_);
+    int64_t j = start;
+    for (;;) {
+      moved[j] = 1;
+      const uint32_t src = order[j];
+      if (src == start) {
+        std::memcpy(elem(static_cast<uint32_t>(j)), spare.data(), elem_bytes_);
+        break;
+      }
+      std::memcpy(elem(static_cast<uint32_t>(j)), elem(src), elem_bytes_);
+      j = src;
+    }
+  }
   std::vector<std::unique_ptr<uint32_t[]>> upper(static_cast<size_t>(capacity_));
   std::vector<int64_t> ext_id(static_cast<size_t>(capacity_), -1), label(static_cast<size_t>(capacity_), -1);
   for (int64_t i = 0; i < used; ++i) {
-    const uint32_t old = order[i];
-    std::byte* dst = next.data() + static_cast<size_t>(i) * elem_bytes_;
-    std::memcpy(dst, elem(old), elem_bytes_);
-    remap_list(reinterpret_cast<uint32_t*>(dst), static_cast<int>(M0_));
-    upper[i] = std::move(upper_[old]);
-    if (upper[i]) {
-      const int levels = static_cast<int>(*reinterpret_cast<const uint8_t*>(dst + 6));
-      for (int l = 1; l <= levels; ++l)
-        remap_list(upper[i].get() + static_cast<size_t>(l - 1) * upper_level_words_, static_cast<int>(p_.M));
-    }
-    ext_id[i] = ext_id_[old];
-    label[i] = label_[old];
+    upper[i] = std::move(upper_[order[i]]);
+    ext_id[i] = ext_id_[order[i]];
+    label[i] = label_[order[i]];
   }
-  level0_owned_ = std::move(next);
-  level0_ = level0_owned_.data();
   upper_ = std::move(upper);
   ext_id_ = std::move(ext_id);
   label_ = std::move(label);
