@@ -1,4 +1,7 @@
 // AVX-512 (F/BW/VL/DQ) build of the NF4 leaf kernels.
+// GCC 12's AVX-512 headers build some intrinsics from _mm512_undefined_*() and then warn about it.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define ECOM_SIMD_AVX512 1
 #include "quant/nf4_kernels_simd.h"
 
