@@ -1076,9 +1076,9 @@ std::vector<uint32_t> HnswIndex::locality_order() const {
   size_t head = 0;
   for (int64_t start = 0;; ++start) {
     for (; head < order.size(); ++head) {
-      const uint32_t* list = links_at(order[head], 0);
-      const int n = std::min<int>(*reinterpret_cast<const uint16_t*>(list + 1), static_cast<int>(M0_));
-      for (int i = 0; i < n; ++i) place(list[2 + i]);
+      uint32_t* list = links_at(order[head], 0);
+      const int n = std::min<int>(count_ref(list).load(std::memory_order_relaxed), static_cast<int>(M0_));
+      for (int i = 0; i < n; ++i) place(link_ref(list, i).load(std::memory_order_relaxed));
     }
     while (start < used && (placed[start] != kUnset ||
                             state_ref(static_cast<uint32_t>(start)).load(std::memory_order_relaxed) == kFree))
@@ -1117,8 +1117,8 @@ void HnswIndex::reorder_slots(bool wait) {
   std::vector<uint32_t> new_of(static_cast<size_t>(used));
   for (size_t i = 0; i < order.size(); ++i) new_of[order[i]] = static_cast<uint32_t>(i);
   auto remap_list = [&](uint32_t* list, int cap) {
-    const int n = std::min<int>(*reinterpret_cast<uint16_t*>(list + 1), cap);
-    for (int i = 0; i < n; ++i) list[2 + i] = new_of[list[2 + i]];
+    const int n = std::min<int>(count_ref(list).load(std::memory_order_relaxed), cap);
+    for (int i = 0; i < n; ++i) list[2 + i] = new_of[list[2 + i]];  // global_ held exclusively
   };
 
   // Links first (in place: they name slots, wherever their list lives), then the rows move.
