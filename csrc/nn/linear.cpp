@@ -218,12 +218,9 @@ void Linear::base_backward(float* dx, const float* dy, int64_t N) const {
           });
       break;
     }
-    case WeightFormat::NF4: {
-      AlignedBuffer tmp = floats(N * in_);  // nf4_matmul_t overwrites its output
-      quant::nf4_matmul_t(dy, N, nf4_->view(), tmp.as<float>());
-      add_into(dx, tmp.as<float>(), N * in_);
+    case WeightFormat::NF4:
+      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, /*accumulate=*/true);
       break;
-    }
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "base/buffer.h"
 #include "base/error.h"
@@ -19,6 +20,7 @@ constexpr int64_t kGemvMaxRows = 3;
 constexpr int64_t kForwardKC = 2048;  // K chunk of a forward W tile: NR x 2048 fp32 stays in L2
 constexpr int64_t kBackwardKW = 256;  // dx columns per backward chunk (a thread's unit of work)
 constexpr int64_t kBackwardNC = 128;  // W rows per backward tile
+constexpr int64_t kBackwardMinRows = 64;  // fewest dy rows per backward task
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -103,7 +105,7 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
     gemm(kern, x, M, W, bias, y);
 }
 
-void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx) {
+void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate) {
   W.validate();
   ECOM_CHECK_ARG(M > 0, "nf4 matmul_t: dy has no rows");
   const NF4Kernels& kern = nf4_kernels();
@@ -111,22 +113,34 @@ void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx) {
   const int64_t MR = kern.gemm_t_mr, KR = kern.gemm_t_kr;
   const int64_t KW = round_up(kBackwardKW, KR), NC = kBackwardNC;
   const int64_t chunks = (K + KW - 1) / KW;
-  parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  // Tasks are (dx column chunk, dy row block) pairs. With K chunks alone, 3 chunks (K = 768) on 2
+  // threads left one thread idle a third of the time; splitting the rows into threads / gcd
+  // blocks makes the task count a multiple of the thread count. Each row block decodes its W
+  // tiles again, which is cheap next to the block's FMAs (decode ~0.2 cycle per weight, FMAs
+  // rows / 16 cycles per weight), so blocks keep at least kBackwardMinRows rows.
+  const int64_t threads = max_threads();
+  int64_t row_blocks = threads / std::gcd(chunks, threads);
+  row_blocks = std::max<int64_t>(1, std::min(row_blocks, M / kBackwardMinRows));
+  const int64_t block_rows = round_up((M + row_blocks - 1) / row_blocks, MR);
+  row_blocks = (M + block_rows - 1) / block_rows;
+  parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
     AlignedBuffer tile(sizeof(float) * NC * KW, /*zero=*/true);
     float* w = tile.as<float>();
-    for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t / row_blocks, rb = t % row_blocks;
       const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
+      const int64_t m_begin = rb * block_rows, m_end = std::min(M, m_begin + block_rows);
       for (int64_t n0 = 0; n0 < N; n0 += NC) {
         const int64_t nc = std::min(NC, N - n0);
         kern.dequant_tile(W, n0, n0 + nc, k0, k0 + kw, w, KW);
         // Columns past kw are read by the last micro-tile (results dropped): keep them finite.
         if (kw % KR != 0)
           for (int64_t n = 0; n < nc; ++n) std::memset(w + n * KW + kw, 0, sizeof(float) * (round_up(kw, KR) - kw));
-        for (int64_t m0 = 0; m0 < M; m0 += MR) {
-          const int mv = static_cast<int>(std::min(MR, M - m0));
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+          const int mv = static_cast<int>(std::min(MR, m_end - m0));
           for (int64_t kk = 0; kk < kw; kk += KR)
             kern.gemm_t_tile(nc, dy + m0 * N + n0, N, w + kk, KW, dx + m0 * K + k0 + kk, K, mv,
-                             static_cast<int>(std::min(KR, kw - kk)), n0 > 0);
+                             static_cast<int>(std::min(KR, kw - kk)), accumulate || n0 > 0);
         }
       }
     }

@@ -74,7 +74,7 @@ const NF4Kernels& nf4_kernels();
 
 // y[M, N] = x[M, K] @ dequant(W)^T + bias (bias may be null). x, y fp32 row-major.
 void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y);
-// dx[M, K] = dy[M, N] @ dequant(W). dy, dx fp32 row-major; dx is overwritten.
-void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx);
+// dx[M, K] = dy[M, N] @ dequant(W) (accumulate: dx += ...). dy, dx fp32 row-major.
+void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate = false);
 
 }  // namespace ecomllm::quant

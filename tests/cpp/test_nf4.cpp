@@ -213,6 +213,12 @@ TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
     nf4_matmul_t(dy.data(), s.M, w.m, dx.data());
     EXPECT_LE(rel_err(y, y_ref), 1e-5) << simd_level_name(level) << " forward";
     EXPECT_LE(rel_err(dx, dx_ref), 1e-5) << simd_level_name(level) << " backward";
+    // accumulate = true adds to what dx holds (the LoRA backward sums several products into dx)
+    std::vector<float> dx_acc(s.M * s.K, 0.5f);
+    std::vector<double> dx_acc_ref(dx_ref);
+    for (double& v : dx_acc_ref) v += 0.5;
+    nf4_matmul_t(dy.data(), s.M, w.m, dx_acc.data(), /*accumulate=*/true);
+    EXPECT_LE(rel_err(dx_acc, dx_acc_ref), 1e-5) << simd_level_name(level) << " backward, accumulate";
   }
 }
 
@@ -221,7 +227,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Shape{1, 3, 64, 64, false}, Shape{1, 17, 4096, 64, true}, Shape{3, 65, 128, 32, true},
                       Shape{2, 1000, 64, 64, false}, Shape{17, 63, 65, 64, false}, Shape{63, 17, 1000, 64, true},
                       Shape{65, 3, 4097, 64, true}, Shape{1, 5, 4097, 64, false}, Shape{4, 33, 4096, 4096, true},
-                      Shape{100, 100, 256, 128, true}, Shape{1000, 17, 3, 64, false}, Shape{5, 4097, 17, 32, true}),
+                      Shape{100, 100, 256, 128, true}, Shape{1000, 17, 3, 64, false}, Shape{5, 4097, 17, 32, true},
+                      Shape{130, 40, 768, 64, true}),  // 3 backward K chunks x 2 row blocks
     [](const ::testing::TestParamInfo<Shape>& info) {
       const Shape& s = info.param;
       return "M" + std::to_string(s.M) + "_N" + std::to_string(s.N) + "_K" + std::to_string(s.K) + "_bs" +
