@@ -502,7 +502,9 @@ void LlamaModel::layer_forward(int l, const Prepared& p, const float* x, float* 
   add_inplace(out, xm, N * C);
 }
 
-// dout: gradient of this layer's output [N, C]; dx receives (=) the gradient of its input.
+// dout: gradient of this layer's output [N, C]; dx receives (=) the gradient of its input, or is
+// null when nothing upstream needs it (layer 0 under a frozen embedding): then the q/k/v input
+// products and the input norm's backward are skipped (their LoRA gradients are still computed).
 void LlamaModel::layer_backward(int l, const Prepared& p, const float* x, const float* dout, float* dx,
                                 Activations& a, bool training) {
   const LlamaConfig& c = cfg_;
@@ -536,10 +538,13 @@ void LlamaModel::layer_backward(int l, const Prepared& p, const float* x, const 
   const float theta = static_cast<float>(c.rope_theta);
   nn::rope_backward(dq, p.pos.data(), N, c.num_attention_heads, c.head_dim, theta);
   nn::rope_backward(dk, p.pos.data(), N, c.num_key_value_heads, c.head_dim, theta);
-  float* dh1 = zeros(s_dh, N * C);
+  const bool input_grad = dx != nullptr || train_all_;  // train_all_: the input norm's weight needs dh1
+  float* dh1 = input_grad ? zeros(s_dh, N * C) : nullptr;
   proj_back(kQ, dh1, dq, a.h1.as<float>());
   proj_back(kK, dh1, dk, a.h1.as<float>());
   proj_back(kV, dh1, dv, a.h1.as<float>());
+  if (!input_grad) return;
+  if (!dx) dx = sized(s_da, N * C);  // only the norm's weight gradient is wanted; da is free now
   std::memcpy(dx, dxm, static_cast<size_t>(N * C) * 4);
   nn::rmsnorm_backward(dx, train_all_ ? layer.d_input_norm.as<float>() : nullptr, dh1, x,
                        layer.input_norm.as<float>(), a.rstd1.as<float>(), N, C);
@@ -590,6 +595,50 @@ std::vector<int32_t> shifted_targets(const int32_t* labels, int64_t B, int64_t T
   return tgt;
 }
 
+// The rows of the final hidden state [N, C] that have a target (!= -100), gathered into a compact
+// [count, C] copy with their targets when some rows have none; scatter() puts row gradients back.
+class TargetRows {
+ public:
+  TargetRows(const std::vector<int32_t>& tgt, const float* hidden, int64_t C) : C_(C), hidden_(hidden) {
+    for (int64_t i = 0; i < static_cast<int64_t>(tgt.size()); ++i)
+      if (tgt[i] != -100) index_.push_back(i);
+    all_ = index_.size() == tgt.size();
+    if (all_) {
+      targets_ptr_ = tgt.data();
+      return;
+    }
+    targets_.reserve(index_.size());
+    for (int64_t i : index_) targets_.push_back(tgt[static_cast<size_t>(i)]);
+    targets_ptr_ = targets_.data();
+    compact_ = AlignedBuffer(static_cast<size_t>(std::max<int64_t>(1, count() * C)) * 4);
+    float* out = compact_.as<float>();
+    parallel_for(0, count(), 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        std::memcpy(out + r * C, hidden + index_[static_cast<size_t>(r)] * C, static_cast<size_t>(C) * 4);
+    });
+  }
+  int64_t count() const { return static_cast<int64_t>(index_.size()); }
+  bool all() const { return all_; }
+  const float* hidden() const { return all_ ? hidden_ : compact_.as<float>(); }  // [count, C]
+  const int32_t* targets() const { return targets_ptr_; }                         // [count]
+  // full[index[r], :] = rows[r, :] for every compact row r (full's other rows are left as they are).
+  void scatter(const float* rows, float* full) const {
+    parallel_for(0, count(), 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        std::memcpy(full + index_[static_cast<size_t>(r)] * C_, rows + r * C_, static_cast<size_t>(C_) * 4);
+    });
+  }
+
+ private:
+  int64_t C_;
+  const float* hidden_;
+  std::vector<int64_t> index_;
+  std::vector<int32_t> targets_;
+  const int32_t* targets_ptr_ = nullptr;
+  AlignedBuffer compact_;
+  bool all_ = true;
+};
+
 // Rows of logits materialised at once by the loss: about 32 MiB of fp32, so [N, V] never is.
 int64_t loss_chunk_rows(int64_t V) { return std::max<int64_t>(1, (int64_t{8} << 20) / V); }
 
@@ -602,11 +651,13 @@ LossResult LlamaModel::loss(const BatchInput& in, const int32_t* labels) {
   run_stack(p, false, false);
   const nn::Linear& head = lm_head_ ? *lm_head_ : *embed_;
   const int64_t V = cfg_.vocab_size, C = cfg_.hidden_size, chunk = loss_chunk_rows(V);
-  AlignedBuffer logits(static_cast<size_t>(std::min(chunk, p.N) * V) * 4);
-  for (int64_t r0 = 0; r0 < p.N; r0 += chunk) {
-    const int64_t n = std::min(chunk, p.N - r0);
-    head.forward(logits.as<float>(), final_hidden_.as<float>() + r0 * C, n, false, 0);
-    r.loss_sum += nn::cross_entropy_forward(logits.as<float>(), tgt.data() + r0, n, V);
+  const TargetRows rows(tgt, final_hidden_.as<float>(), C);
+  const int64_t R = rows.count();
+  AlignedBuffer logits(static_cast<size_t>(std::max<int64_t>(1, std::min(chunk, R) * V)) * 4);
+  for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+    const int64_t n = std::min(chunk, R - r0);
+    head.forward(logits.as<float>(), rows.hidden() + r0 * C, n, false, 0);
+    r.loss_sum += nn::cross_entropy_forward(logits.as<float>(), rows.targets() + r0, n, V);
   }
   return r;
 }
@@ -620,18 +671,25 @@ LossResult LlamaModel::forward_backward(const BatchInput& in, const int32_t* lab
   run_stack(p, /*training=*/true, /*keep_for_backward=*/true);
   if (grad_scale <= 0.0f) grad_scale = r.num_targets > 0 ? 1.0f / static_cast<float>(r.num_targets) : 0.0f;
 
-  // Loss head, a chunk of rows at a time: logits -> dlogits in place -> d(final hidden).
+  // Loss head, a chunk of rows at a time: logits -> dlogits in place -> d(final hidden). Only rows
+  // with a target run through it (SFT masks prompts with -100: their logits are never needed);
+  // the other rows of d_hidden stay zero.
   nn::Linear& head = lm_head_ ? *lm_head_ : *embed_;
-  const int64_t chunk = loss_chunk_rows(V);
-  AlignedBuffer logits(static_cast<size_t>(std::min(chunk, N) * V) * 4);
+  const TargetRows rows(tgt, final_hidden_.as<float>(), C);
+  const int64_t R = rows.count(), chunk = loss_chunk_rows(V);
   AlignedBuffer d_hidden(static_cast<size_t>(N * C) * 4, true);
-  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-    const int64_t n = std::min(chunk, N - r0);
-    const float* h = final_hidden_.as<float>() + r0 * C;
+  AlignedBuffer d_rows =
+      rows.all() ? AlignedBuffer() : AlignedBuffer(static_cast<size_t>(std::max<int64_t>(1, R * C)) * 4, true);
+  float* dh = rows.all() ? d_hidden.as<float>() : d_rows.as<float>();
+  AlignedBuffer logits(static_cast<size_t>(std::max<int64_t>(1, std::min(chunk, R) * V)) * 4);
+  for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+    const int64_t n = std::min(chunk, R - r0);
+    const float* h = rows.hidden() + r0 * C;
     head.forward(logits.as<float>(), h, n, true, 0);
-    r.loss_sum += nn::cross_entropy_forward_backward(logits.as<float>(), tgt.data() + r0, n, V, grad_scale);
-    head.backward(d_hidden.as<float>() + r0 * C, logits.as<float>(), h, n, true, 0);
+    r.loss_sum += nn::cross_entropy_forward_backward(logits.as<float>(), rows.targets() + r0, n, V, grad_scale);
+    head.backward(dh + r0 * C, logits.as<float>(), h, n, true, 0);
   }
+  if (!rows.all()) rows.scatter(dh, d_hidden.as<float>());
   AlignedBuffer grad_a(static_cast<size_t>(N * C) * 4, true), grad_b(static_cast<size_t>(N * C) * 4);
   nn::rmsnorm_backward(grad_a.as<float>(), train_all_ ? d_final_norm_.as<float>() : nullptr, d_hidden.as<float>(),
                        residual_[L].as<float>(), final_norm_.as<float>(), final_rstd_.as<float>(), N, C);
@@ -640,14 +698,16 @@ LossResult LlamaModel::forward_backward(const BatchInput& in, const int32_t* lab
   float* d_out = grad_a.as<float>();
   float* d_in = grad_b.as<float>();
   AlignedBuffer scratch_out;
+  const bool embed_grad = train_all_ && embed_->weight_grad();
   for (int64_t l = L - 1; l >= 0; --l) {
     Activations& a = *acts_[checkpointing_ ? 0 : l];
     if (checkpointing_)
       layer_forward(static_cast<int>(l), p, residual_[l].as<float>(), sized(scratch_out, N * C), a, true);
-    layer_backward(static_cast<int>(l), p, residual_[l].as<float>(), d_out, d_in, a, true);
+    layer_backward(static_cast<int>(l), p, residual_[l].as<float>(), d_out, (l > 0 || embed_grad) ? d_in : nullptr, a,
+                   true);
     std::swap(d_out, d_in);
   }
-  if (train_all_ && embed_->weight_grad())
+  if (embed_grad)
     nn::embedding_backward(embed_->weight_grad(), d_out, p.ids, N, V, C);
   return r;
 }

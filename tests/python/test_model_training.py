@@ -107,6 +107,29 @@ def test_gradient_accumulation_normalises_by_window_tokens(tmp_path):
         np.testing.assert_allclose(g, whole[k], rtol=1e-4, atol=1e-7)
 
 
+def test_loss_head_skips_rows_without_targets(tmp_path):
+    """Rows labelled -100 never reach the loss head: a prompt-masked batch gives transformers' loss
+    and LoRA gradients, and an all -100 batch gives loss 0, zero gradients and no error."""
+    hf = tiny_llama(3)
+    hf.save_pretrained(tmp_path / "base")
+    m = Model.from_pretrained(tmp_path / "base")
+    m.add_lora(LoraConfig(r=4, alpha=8, target_modules="all-linear"))
+    ids, labels = batch(4, B=3)
+    labels[:, :9] = -100  # a "prompt" on every row
+    labels[2, 12:] = -100
+    loss = m.forward_backward(ids, labels)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(labels)).loss.item()
+    assert abs(loss - ref) <= 1e-5 * max(1.0, abs(ref))
+    total, count = m.loss(ids, labels)
+    assert count == int((labels[:, 1:] != -100).sum()) and abs(total / count - ref) <= 1e-5 * max(1.0, abs(ref))
+    assert any(np.abs(g).max() > 0 for g in m.gradients().values())
+    m.zero_grad()
+    assert m.forward_backward(ids, np.full_like(labels, -100)) == 0.0
+    assert all(np.abs(g).max() == 0 for g in m.gradients().values())
+    assert m.loss(ids, np.full_like(labels, -100)) == (0.0, 0)
+
+
 def test_sharded_checkpoint_loads(tmp_path):
     hf = tiny_llama(3).eval()
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
