@@ -47,6 +47,35 @@ FULL_SHAPE = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num
 QUICK_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2)
 ENGINES = ("ours", "ours_bf16", "torch")
+PEAK_PROBE_S = 1.0  # seconds of the machine's FMA-peak probe, run before and after the engines
+
+
+def step_gflop(shape: dict, batch: int, seq: int) -> dict:
+    """Multiply-add work (1e9 flops, 2 per multiply-add) one LoRA step needs at the least, by part.
+
+    Counted: every product a LoRA step cannot avoid, as transformers + PEFT and ours both run it:
+    frozen projections forward and input-gradient backward (layer 0's q/k/v input gradient is not
+    needed under a frozen embedding), the LoRA products (forward u = x A^T and u B^T; backward
+    dB, dy B, dA, g A), causal attention (half of the [T x T] score products, forward 2, backward
+    4 products), and the lm_head forward and input-gradient on the B*(T-1) rows with a target.
+    Not counted: element-wise work (norms, rope, softmax, SwiGLU, AdamW) and any recomputation.
+    """
+    C, I, L, V = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    H, Hkv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    d = C // H
+    N, R = batch * seq, LORA_R
+    proj = {"q_proj": (C, H * d), "k_proj": (C, Hkv * d), "v_proj": (C, Hkv * d), "o_proj": (H * d, C),
+            "gate_proj": (C, I), "up_proj": (C, I), "down_proj": (I, C)}
+    qkv_in = sum(i * o for p, (i, o) in proj.items() if p in ("q_proj", "k_proj", "v_proj"))
+    dense = sum(i * o for i, o in proj.values())
+    linear = 2 * N * dense * L + 2 * N * (dense * L - qkv_in)
+    lora_fwd = sum(2 * N * R * (i + o) for i, o in proj.values()) * L
+    lora_bwd = sum(2 * N * R * (2 * o + 2 * i) for i, o in proj.values()) * L \
+        - sum(2 * N * R * i for p, (i, o) in proj.items() if p in ("q_proj", "k_proj", "v_proj"))
+    attention = 6 * batch * H * seq * seq * d * L  # 6 products x 2 flops x (T^2 / 2 causal) x d per head
+    head = 2 * 2 * batch * (seq - 1) * C * V
+    parts = {"linear": linear, "lora": lora_fwd + lora_bwd, "attention": attention, "lm_head": head}
+    return {k: v / 1e9 for k, v in parts.items()} | {"total": sum(parts.values()) / 1e9}
 
 
 def log(msg: str) -> None:
@@ -67,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "then sleep instead of spinning away the process's CPU share")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     # internal: run one engine in this process and print its JSON result
-    p.add_argument("--engine", choices=ENGINES + ("write",), help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=ENGINES + ("write", "peak"), help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.steps = a.steps if a.steps is not None else (1 if a.quick else 3)
@@ -204,6 +233,11 @@ def child_main(a) -> int:
     if a.engine == "write":
         print(json.dumps({"params": write_model(QUICK_SHAPE if a.quick else FULL_SHAPE, a.model_dir)}))
         return 0
+    if a.engine == "peak":  # the machine's fp32 FMA limit with the engines' thread count
+        import ecomllm._core as core
+        print(json.dumps({"fma_peak_gflops": core.fma_peak_gflops(PEAK_PROBE_S, a.threads),
+                          "simd_level": core.simd_level()}))
+        return 0
     with open(os.path.join(a.model_dir, "config.json")) as f:
         cfg = json.load(f)
     # keep stdout for the single JSON line: libraries that print go to stderr
@@ -288,6 +322,7 @@ def main(argv=None) -> int:
             return 1
         params = w["params"]
         log(f"{params:,} parameters; batch {a.batch} x seq {a.seq}, {a.threads} threads, {a.steps} timed steps")
+        peaks = [run_child(a, "peak", d)]
         for e in engines:
             log(f"engine {e} ...")
             results[e] = run_child(a, e, d)
@@ -296,12 +331,23 @@ def main(argv=None) -> int:
                 log(f"engine {e} failed: {r['error']}")
             else:
                 log(f"engine {e}: {r['tokens_per_s']:.1f} tokens/s, peak RSS {r['peak_rss_mb']:.0f} MiB")
+        peaks.append(run_child(a, "peak", d))
 
     def get(e, k):
         return results.get(e, {}).get(k)
 
     speedup = ratio(get("ours", "tokens_per_s"), get("torch", "tokens_per_s"))
     memory_ratio = ratio(get("ours", "peak_rss_mb"), get("torch", "peak_rss_mb"))
+    # The machine's limit: the step's unavoidable multiply-adds at the measured FMA peak. Its
+    # ratio to torch's step is the most any engine could gain over torch on this machine.
+    work = step_gflop(shape, a.batch, a.seq)
+    peak_values = [p["fma_peak_gflops"] for p in peaks if "fma_peak_gflops" in p]
+    peak = max(peak_values) if peak_values else None
+    ideal_step_s = work["total"] / peak if peak else None
+
+    def gflops(e):
+        return ratio(work["total"], get(e, "median_step_s"))
+
     out = {
         "ours_tokens_per_s": get("ours", "tokens_per_s"),
         "torch_tokens_per_s": get("torch", "tokens_per_s"),
@@ -312,6 +358,16 @@ def main(argv=None) -> int:
         "ours_bf16_tokens_per_s": get("ours_bf16", "tokens_per_s"),
         "ours_bf16_peak_rss_mb": get("ours_bf16", "peak_rss_mb"),
         "bf16_speedup": ratio(get("ours_bf16", "tokens_per_s"), get("torch", "tokens_per_s")),
+        "machine_peak_gflops": peak,
+        "step_gflop": work["total"],
+        "ours_gflops": gflops("ours"),
+        "torch_gflops": gflops("torch"),
+        "ours_fraction_of_peak": ratio(gflops("ours"), peak),
+        "torch_fraction_of_peak": ratio(gflops("torch"), peak),
+        "ours_bf16_fraction_of_peak": ratio(gflops("ours_bf16"), peak),
+        "speedup_at_machine_peak": ratio(get("torch", "median_step_s"), ideal_step_s),
+        "machine_peak_runs_gflops": peak_values,
+        "step_gflop_parts": work,
         "params": params,
         "shape": shape,
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "dropout": 0.0, "target_modules": PROJECTIONS},
@@ -331,7 +387,11 @@ def main(argv=None) -> int:
                   "imported libraries and model load included (rss_after_imports_mb / rss_after_load_mb in "
                   "details separate them); details.*.cpu_cores_used = CPU seconds per wall second during "
                   "the timed steps, loadavg_1min = machine load before/after: on a shared machine compare "
-                  "them before trusting the ratios"),
+                  "them before trusting the ratios; machine_peak_gflops = the best of two runs (before and "
+                  "after the engines) of ecomllm's register-only FMA probe on all threads at the active SIMD "
+                  "level; step_gflop = the step's unavoidable multiply-adds (step_gflop in bench_train.py); "
+                  "*_gflops = step_gflop / median step; speedup_at_machine_peak = torch's step / "
+                  "(step_gflop / machine_peak_gflops): the largest speedup over torch this machine allows"),
         "details": results,
         "total_wall_s": time.perf_counter() - t_start,
         "errors": {e: r["error"] for e, r in results.items() if "error" in r},
@@ -351,6 +411,9 @@ def main(argv=None) -> int:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
         print(f"speedup {fmt(speedup)} (target >= {TARGETS['speedup']}), memory_ratio {fmt(memory_ratio)} "
               f"(target <= {TARGETS['memory_ratio']})")
+        print(f"machine: FMA peak {fmt(peak)} GFLOP/s; step {work['total']:.1f} GFLOP; ours "
+              f"{fmt(out['ours_fraction_of_peak'])} of peak, torch {fmt(out['torch_fraction_of_peak'])}; "
+              f"speedup at machine peak {fmt(out['speedup_at_machine_peak'])}")
     return 1 if out["errors"] else 0
 
 

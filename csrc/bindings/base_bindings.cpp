@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "base/cpu_features.h"
+#include "base/fma_peak.h"
 #include "base/half.h"
 #include "base/parallel.h"
 #include "bindings/numpy_views.h"
@@ -54,6 +55,16 @@ void bind_base(py::module_& m) {
   m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); }, py::arg("level"),
         "Force a SIMD level (ValueError if this CPU cannot run it). Also settable with ECOMLLM_CPU.");
   m.def("max_threads", &max_threads, "OpenMP threads kernels use (OMP_NUM_THREADS).");
+  m.def(
+      "fma_peak_gflops",
+      [](double seconds, int threads) {
+        py::gil_scoped_release release;
+        return fma_peak_gflops(seconds, threads);
+      },
+      py::arg("seconds") = 0.5, py::arg("threads") = 0,
+      "Measured fp32 FMA limit of this machine in GFLOP/s: `threads` threads (0: max_threads()) run "
+      "register-only FMA chains of the active SIMD level for about `seconds`; best round. Benchmarks "
+      "report their GFLOP/s against it.");
 
   // Half conversions (used by tests against numpy/torch, and by the Python facade for bf16 input).
   // bf16 travels as its uint16 bit pattern because numpy has no bfloat16 dtype.

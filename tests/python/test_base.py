@@ -179,6 +179,22 @@ def test_cpu_info():
     assert order.index(info["simd_level"]) <= order.index(info["best_level"])
 
 
+def test_fma_peak_probe_measures_and_rejects_bad_arguments():
+    # a measurement, so only its sanity is checked (never its speed): finite, positive, per level
+    before = _core.simd_level()
+    try:
+        for level in ("scalar", ecomllm.cpu_info()["best_level"]):
+            _core.set_simd_level(level)
+            for threads in (0, 1):
+                g = _core.fma_peak_gflops(0.02, threads)
+                assert np.isfinite(g) and g > 0, (level, threads, g)
+    finally:
+        _core.set_simd_level(before)
+    for bad in (0.0, -1.0, 61.0, float("nan")):
+        with pytest.raises(ValueError, match="seconds"):
+            _core.fma_peak_gflops(bad)
+
+
 def _run_with_env(code: str, value):
     env = dict(os.environ)
     env.pop("ECOMLLM_CPU", None)
