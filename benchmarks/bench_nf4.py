@@ -345,6 +345,7 @@ class Bench:
         self.bnb = None
         self.bnbF = None
         self.bw_runs: dict = {}
+        self.peak_runs: dict = {}   # label -> fp32 FMA peak GFLOP/s (ecomllm's register-only probe)
         self.load = LoadMonitor()
         self.retries: dict = {}
 
@@ -424,6 +425,12 @@ class Bench:
             self.bw_runs[label] = {"best_gbs": methods, "median_gbs": medians, "buffer_bytes": nbytes}
         log(f"read bandwidth ({label}): " + ", ".join(f"{k} best {v:.2f} / median {medians[k]:.2f} GB/s"
                                                      for k, v in methods.items()))
+
+    def fma_peak(self, label: str):
+        """The machine's fp32 FMA limit on our threads at the active SIMD level (GEMM's ceiling)."""
+        g = float(self._core.fma_peak_gflops(1.0, self.threads))
+        self.peak_runs[label] = g
+        log(f"FMA peak ({label}): {g:.1f} GFLOP/s")
 
     # -- quantization ----------------------------------------------------------------------------
     def quantize(self):
@@ -763,6 +770,17 @@ class Bench:
             res["gemv_shapes"] = list(g)
         if res.get("gemv_gbs") and res.get("read_bandwidth_gbs"):
             res["gemv_vs_bandwidth"] = res["gemv_gbs"] / res["read_bandwidth_gbs"]
+        # the same kernel on one matrix that stays in the last-level cache: what the decode itself
+        # allows without DRAM; below 0.85 x read bandwidth the kernel, not memory, is the limit
+        hot = {k: d for k, d in g.items() if d.get("ms_per_call_cache_hot")}
+        if hot and len(hot) == len(g):
+            res["gemv_cache_hot_gbs"] = sum(d["nbytes_per_matrix"] for d in hot.values()) / \
+                sum(d["ms_per_call_cache_hot"] * 1e-3 for d in hot.values()) / 1e9
+            if res.get("read_bandwidth_gbs"):
+                res["gemv_cache_hot_vs_bandwidth"] = res["gemv_cache_hot_gbs"] / res["read_bandwidth_gbs"]
+        if self.peak_runs:
+            res["machine_peak_gflops"] = max(self.peak_runs.values())
+            det["fma_peak_runs_gflops"] = dict(self.peak_runs)
         # GEMM
         m = det.get("gemm", {})
         for key, d in m.items():
@@ -776,6 +794,9 @@ class Bench:
             res[f"torch_fp32_gflops_m{GEMM_M}"] = fl / sum(d["torch_s"] for d in m.values()) / 1e9
             res["gemm_vs_fp32_blas"] = res[f"gemm_gflops_m{GEMM_M}"] / res[f"numpy_fp32_gflops_m{GEMM_M}"]
             res["gemm_vs_torch_fp32"] = res[f"gemm_gflops_m{GEMM_M}"] / res[f"torch_fp32_gflops_m{GEMM_M}"]
+            if res.get("machine_peak_gflops"):
+                res["gemm_fraction_of_peak"] = res[f"gemm_gflops_m{GEMM_M}"] / res["machine_peak_gflops"]
+                res["numpy_fp32_fraction_of_peak"] = res[f"numpy_fp32_gflops_m{GEMM_M}"] / res["machine_peak_gflops"]
             res["gemm_shapes"] = list(m)
             res["numpy_fp32_layout"] = {k: d["numpy_layout"] for k, d in m.items()}
         # bitsandbytes: the best path that ran on every shape ours ran, by the same combined metric
@@ -815,6 +836,11 @@ DEFINITIONS = {
                 "times); per-call time = median pass over all distinct matrices / number of matrices",
     "gemv_gbs_<shape>": "t.nbytes / median per-call time, cycling through the distinct matrices of the working set",
     "gemv_vs_bandwidth": "gemv_gbs / read_bandwidth_gbs",
+    "gemv_cache_hot_gbs": "gemv_gbs measured the same way on one matrix per shape called repeatedly (it stays in "
+                          "the last-level cache): the kernel's own speed without DRAM",
+    "machine_peak_gflops": "best of two runs (start, end) of ecomllm's register-only fp32 FMA probe on the same "
+                           "threads at the active SIMD level: the ceiling of any fp32 GEMM here",
+    "gemm_fraction_of_peak": "gemm_gflops_m128 / machine_peak_gflops (numpy_fp32_fraction_of_peak likewise)",
     "gemm_gflops_m128": "2*M*N*K summed over gemm_shapes / sum of the median times; numpy and torch the same way",
     "gemm_vs_fp32_blas": "gemm_gflops_m128 / numpy_fp32_gflops_m128 (numpy: faster of x @ W.T and x @ WT contiguous)",
     "bnb_gemv_gbs": "best bitsandbytes path that ran on every shape, combined like gemv_gbs and counted in the same "
@@ -836,10 +862,12 @@ def build_output(b, args, threads: int, cfg: Config, env_info: dict) -> dict:
                  "quick": bool(args.quick)}
     ordered = [
         "read_bandwidth_gbs", "read_bandwidth_method",
-        "gemv_gbs", "gemv_vs_bandwidth", "gemv_gbs_4096x4096", "gemv_gbs_11008x4096",
+        "gemv_gbs", "gemv_vs_bandwidth", "gemv_cache_hot_gbs", "gemv_cache_hot_vs_bandwidth",
+        "gemv_gbs_4096x4096", "gemv_gbs_11008x4096",
         "gemv_ms_4096x4096", "gemv_ms_11008x4096", "gemv_gbs_mean_of_shapes", "gemv_working_set_bytes",
         f"gemm_gflops_m{GEMM_M}", f"numpy_fp32_gflops_m{GEMM_M}", f"torch_fp32_gflops_m{GEMM_M}",
-        "gemm_vs_fp32_blas", "gemm_vs_torch_fp32",
+        "gemm_vs_fp32_blas", "gemm_vs_torch_fp32", "machine_peak_gflops", "gemm_fraction_of_peak",
+        "numpy_fp32_fraction_of_peak",
         "bnb_gemv_gbs", "ours_vs_bnb_gemv", "bnb_gemv_path",
         "quantize_gbs", "quantize_input_gbs", "bnb_quantize_gbs",
     ]
@@ -947,6 +975,7 @@ def main(argv=None) -> int:
             log(b.res["bnb_error"])
 
         b.monitored("read_bandwidth_start", b.bandwidth, "start")
+        b.monitored("fma_peak_start", b.fma_peak, "start")
         b.monitored("quantize", b.quantize)
         if b.bnb is not None and hasattr(b, "_w_quant"):
             b.monitored("bnb_quantize", b.bnb_quantize)
@@ -959,6 +988,7 @@ def main(argv=None) -> int:
                 b.errors[name] = f"{type(e).__name__}: {e}"
                 log(f"{name} FAILED: {type(e).__name__}: {e}")
         b.monitored("read_bandwidth_end", b.bandwidth, "end")
+        b.monitored("fma_peak_end", b.fma_peak, "end")
         b.summarize()
         if "bnb_quantize" in b.errors and "bnb_quantize_gbs" not in b.res:
             b.res["bnb_quantize_error"] = b.errors["bnb_quantize"]
