@@ -18,8 +18,10 @@ namespace {
 // the tiled GEMM (W decoded once per tile into a cache-resident buffer) wins.
 constexpr int64_t kGemvMaxRows = 3;
 constexpr int64_t kForwardKC = 2048;  // K chunk of a forward W tile: NR x 2048 fp32 stays in L2
-constexpr int64_t kBackwardKW = 256;  // dx columns per backward chunk (a thread's unit of work)
-constexpr int64_t kBackwardNC = 128;  // W rows per backward tile
+// Backward W tile [kBackwardNC x kBackwardKW] fp32 = 128 KiB, in L2. Measured on Zen 3 (M = 1024,
+// N, K in {256, 768, 2048}): 256 x 128 is 4-11% faster than 128 x 256; 512 or 1024 rows, no better.
+constexpr int64_t kBackwardKW = 128;  // dx columns per backward chunk (a thread's unit of work)
+constexpr int64_t kBackwardNC = 256;  // W rows per backward tile
 constexpr int64_t kBackwardMinRows = 64;  // fewest dy rows per backward task
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
