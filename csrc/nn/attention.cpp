@@ -1,3 +1,8 @@
+// First line of the file: without it GCC will not if-convert exp_approx's clamps and the softmax
+// loops stay scalar (see swiglu.cpp). No floating-point exception flag is ever read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 // First line of the file so that every function in it (headers included) shares the option:
 // without it GCC will not if-convert the clamps of exp_approx and the hot loops stay scalar. We
 // never read floating-point exception flags, so assuming no traps changes no result.
@@ -35,6 +40,14 @@ class Mask {
  public:
   Mask(const int32_t* seg, const AttentionDims& d) : seg_(seg), T_(d.T), window_(d.window) {
     ntiles_ = (d.T + kTileQ - 1) / kTileQ;
+    if (seg_) {  // run_start_[b * T + t]: first position of the run of equal segment ids holding t
+      run_start_.resize(static_cast<size_t>(d.B * d.T));
+      for (int64_t b = 0; b < d.B; ++b)
+        for (int64_t t = 0; t < d.T; ++t) {
+          const int64_t i = b * d.T + t;
+          run_start_[i] = (t > 0 && seg_[i] == seg_[i - 1]) ? run_start_[i - 1] : t;
+        }
+    }
     bounds_.resize(d.B * ntiles_);
     std::unordered_map<int32_t, int64_t> first;  // seg value -> first position in the row
     for (int64_t b = 0; b < d.B; ++b) {
@@ -63,6 +76,19 @@ class Mask {
   };
   const Range& bounds(int64_t b, int64_t i) const { return bounds_[b * ntiles_ + i]; }
 
+  // True when every query of [t0, t0 + nq) sees every key of [s0, s0 + nk): the tile lies below the
+  // diagonal, inside the window and inside one segment (then no mask needs writing).
+  bool all_visible(int64_t b, int64_t t0, int64_t nq, int64_t s0, int64_t nk) const {
+    const int64_t t_last = t0 + nq - 1;
+    if (s0 + nk - 1 > t0) return false;
+    if (window_ > 0 && t_last - s0 >= window_) return false;
+    if (seg_) {
+      const int64_t i = b * T_ + t_last;
+      if (seg_[i] < 0 || run_start_[i] > s0) return false;
+    }
+    return true;
+  }
+
   // Writes -inf into S[r, c] (row stride ld) where key s0 + c is hidden from query t0 + r; returns
   // the number of visible entries.
   int64_t apply(float* S, int64_t ld, int64_t b, int64_t t0, int64_t nq, int64_t s0, int64_t nk) const {
@@ -86,19 +112,26 @@ class Mask {
   const int32_t* seg_;
   int64_t T_, window_, ntiles_;
   std::vector<Range> bounds_;
+  std::vector<int64_t> run_start_;
 };
+
+// Tile mask state: kAll (every entry visible: no mask array), kNone (nothing visible: skip the
+// tile) or kPartial (S holds 0 where visible and -inf where hidden).
+enum class TileMask { kAll, kNone, kPartial };
 
 // Zero-padded tile of scores: prefill with 0 so apply() can mark invisible entries before the GEMM
 // decides whether to run at all.
-int64_t mark_tile(float* S, const Mask& mask, int64_t b, int64_t t0, int64_t nq, int64_t s0, int64_t nk) {
+TileMask mark_tile(float* S, const Mask& mask, int64_t b, int64_t t0, int64_t nq, int64_t s0, int64_t nk) {
+  if (mask.all_visible(b, t0, nq, s0, nk)) return TileMask::kAll;
   for (int64_t r = 0; r < nq; ++r) std::fill_n(S + r * kTileK, nk, 0.0f);
-  return mask.apply(S, kTileK, b, t0, nq, s0, nk);
+  return mask.apply(S, kTileK, b, t0, nq, s0, nk) == 0 ? TileMask::kNone : TileMask::kPartial;
 }
 
-// S = scale * Q K^T + S (S holds 0 or -inf from mark_tile, so hidden entries stay -inf).
-void scores(float* S, const float* Q, int64_t ldq, const float* K, int64_t ldk, int64_t nq, int64_t nk, int64_t D,
-            float scale) {
-  sgemm(false, true, nq, nk, D, scale, Q, ldq, K, ldk, 1.0f, S, kTileK);
+// S = scale * Q K^T (+ S when the tile is partial: S then holds 0 or -inf from mark_tile, so hidden
+// entries stay -inf).
+void scores(float* S, TileMask tm, const float* Q, int64_t ldq, const float* K, int64_t ldk, int64_t nq, int64_t nk,
+            int64_t D, float scale) {
+  sgemm(false, true, nq, nk, D, scale, Q, ldq, K, ldk, tm == TileMask::kPartial ? 1.0f : 0.0f, S, kTileK);
 }
 
 }  // namespace
@@ -123,10 +156,11 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       const Mask::Range range = mask.bounds(b, i);
       for (int64_t s0 = range.lo < range.hi ? range.lo / kTileK * kTileK : range.hi; s0 < range.hi; s0 += kTileK) {
         const int64_t nk = std::min(kTileK, T - s0);
-        if (mark_tile(S.data(), mask, b, t0, nq, s0, nk) == 0) continue;
+        const TileMask tm = mark_tile(S.data(), mask, b, t0, nq, s0, nk);
+        if (tm == TileMask::kNone) continue;
         const float* K = k + ((b * T + s0) * KV + kvh) * D;
         const float* V = v + ((b * T + s0) * KV + kvh) * D;
-        scores(S.data(), Q, ldq, K, ldk, nq, nk, D, d.scale);
+        scores(S.data(), tm, Q, ldq, K, ldk, nq, nk, D, d.scale);
         // Online softmax: rescale the running sums to the new row maximum, add this tile's P.
         for (int64_t r = 0; r < nq; ++r) {
           float* Sr = S.data() + r * kTileK;
@@ -184,16 +218,17 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           const Mask::Range range = mask.bounds(b, i);
           if (range.lo >= s0 + nk || range.hi <= s0) continue;
           const int64_t t0 = i * kTileQ, nq = std::min(kTileQ, T - t0);
-          if (mark_tile(Z.data(), mask, b, t0, nq, s0, nk) == 0) continue;
+          const TileMask tm = mark_tile(Z.data(), mask, b, t0, nq, s0, nk);
+          if (tm == TileMask::kNone) continue;
           for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-            std::copy_n(Z.data(), nq * kTileK, P.data());
+            if (tm == TileMask::kPartial) std::copy_n(Z.data(), nq * kTileK, P.data());
             const float* Q = q + ((b * T + t0) * H + h) * D;
             const float* dO = dout + ((b * T + t0) * H + h) * D;
             float* dQ = dq + ((b * T + t0) * H + h) * D;
             const float* L = lse + (b * H + h) * T + t0;
             const float* dl = delta.data() + (b * H + h) * T + t0;
             // P = exp(scale * Q K^T - lse), 0 where hidden.
-            scores(P.data(), Q, ldq, K, ldk, nq, nk, D, d.scale);
+            scores(P.data(), tm, Q, ldq, K, ldk, nq, nk, D, d.scale);
             for (int64_t r = 0; r < nq; ++r) {
               float* Pr = P.data() + r * kTileK;
               const float Lr = L[r];
