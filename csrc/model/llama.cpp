@@ -677,26 +677,24 @@ LossResult LlamaModel::forward_backward(const BatchInput& in, const int32_t* lab
   nn::Linear& head = lm_head_ ? *lm_head_ : *embed_;
   const TargetRows rows(tgt, final_hidden_.as<float>(), C);
   const int64_t R = rows.count(), chunk = loss_chunk_rows(V);
-  AlignedBuffer d_hidden(static_cast<size_t>(N * C) * 4, true);
-  AlignedBuffer d_rows =
-      rows.all() ? AlignedBuffer() : AlignedBuffer(static_cast<size_t>(std::max<int64_t>(1, R * C)) * 4, true);
-  float* dh = rows.all() ? d_hidden.as<float>() : d_rows.as<float>();
-  AlignedBuffer logits(static_cast<size_t>(std::max<int64_t>(1, std::min(chunk, R) * V)) * 4);
+  float* d_hidden = zeros(d_hidden_, N * C);
+  float* dh = rows.all() ? d_hidden : zeros(head_d_rows_, std::max<int64_t>(1, R * C));
+  float* logits = sized(head_logits_, std::max<int64_t>(1, std::min(chunk, R) * V));
   for (int64_t r0 = 0; r0 < R; r0 += chunk) {
     const int64_t n = std::min(chunk, R - r0);
     const float* h = rows.hidden() + r0 * C;
-    head.forward(logits.as<float>(), h, n, true, 0);
-    r.loss_sum += nn::cross_entropy_forward_backward(logits.as<float>(), rows.targets() + r0, n, V, grad_scale);
-    head.backward(dh + r0 * C, logits.as<float>(), h, n, true, 0);
+    head.forward(logits, h, n, true, 0);
+    r.loss_sum += nn::cross_entropy_forward_backward(logits, rows.targets() + r0, n, V, grad_scale);
+    head.backward(dh + r0 * C, logits, h, n, true, 0);
   }
-  if (!rows.all()) rows.scatter(dh, d_hidden.as<float>());
-  AlignedBuffer grad_a(static_cast<size_t>(N * C) * 4, true), grad_b(static_cast<size_t>(N * C) * 4);
-  nn::rmsnorm_backward(grad_a.as<float>(), train_all_ ? d_final_norm_.as<float>() : nullptr, d_hidden.as<float>(),
-                       residual_[L].as<float>(), final_norm_.as<float>(), final_rstd_.as<float>(), N, C);
+  if (!rows.all()) rows.scatter(dh, d_hidden);
+  float* grad_a = zeros(grad_a_, N * C);
+  nn::rmsnorm_backward(grad_a, train_all_ ? d_final_norm_.as<float>() : nullptr, d_hidden, residual_[L].as<float>(),
+                       final_norm_.as<float>(), final_rstd_.as<float>(), N, C);
 
   // Decoder layers in reverse; with checkpointing each layer's activations are recomputed first.
-  float* d_out = grad_a.as<float>();
-  float* d_in = grad_b.as<float>();
+  float* d_out = grad_a;
+  float* d_in = sized(grad_b_, N * C);
   AlignedBuffer scratch_out;
   const bool embed_grad = train_all_ && embed_->weight_grad();
   for (int64_t l = L - 1; l >= 0; --l) {

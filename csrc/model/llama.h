@@ -171,6 +171,9 @@ class LlamaModel {
   std::vector<AlignedBuffer> residual_;
   std::vector<std::unique_ptr<Activations>> acts_;
   AlignedBuffer final_hidden_, final_rstd_;
+  // Loss-head scratch of forward_backward: one chunk of logits (~32 MiB, above glibc's mmap
+  // threshold, so a fresh one per step cost page faults), d(final hidden), two gradient buffers.
+  AlignedBuffer head_logits_, head_d_rows_, d_hidden_, grad_a_, grad_b_;
 };
 
 }  // namespace ecomllm::model

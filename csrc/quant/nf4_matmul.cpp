@@ -49,8 +49,11 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W,
   const int64_t MR = kern.gemm_mr, NR = kern.gemm_nr, KC = std::min(K, kForwardKC);
   const int64_t panels = (M + MR - 1) / MR;
 
-  // x packed as panels [panels][K][MR]: the micro-kernel loads MR consecutive x rows per k.
-  AlignedBuffer packed_x(sizeof(float) * panels * K * MR);
+  // x packed as panels [panels][K][MR]: the micro-kernel loads MR consecutive x rows per k. The
+  // buffer (MiBs in training) is kept per calling thread: a fresh one each call page-faulted.
+  thread_local AlignedBuffer packed_x;
+  const size_t packed_bytes = sizeof(float) * static_cast<size_t>(panels * K * MR);
+  if (packed_x.size() < packed_bytes) packed_x = AlignedBuffer(packed_bytes);
   float* xp = packed_x.as<float>();
   parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
