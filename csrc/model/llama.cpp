@@ -476,7 +476,7 @@ void LlamaModel::layer_forward(int l, const Prepared& p, const float* x, float* 
   const int64_t N = p.N, C = c.hidden_size, I = c.intermediate_size;
   Layer& layer = *layers_[l];
   auto proj = [&](int which, float* y, const float* in) {
-    layer.proj[which]->forward(y, in, N, training, dropout_key(step_, l, which));
+    layer.proj[which]->forward(y, in, N, training, dropout_key(step_, l, which), /*save_for_backward=*/training);
   };
   nn::rmsnorm_forward(a.h1.as<float>(), a.rstd1.as<float>(), x, layer.input_norm.as<float>(), N, C,
                       static_cast<float>(c.rms_norm_eps));

@@ -349,7 +349,8 @@ void Linear::lora_input(const LoraAdapter& ad, const float* x, int64_t N, bool t
   xin = xd;
 }
 
-void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_t dropout_key) const {
+void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_t dropout_key,
+                     bool save_for_backward) const {
   require_weight();
   ECOM_CHECK_ARG(N >= 0, "Linear.forward: N must be non-negative, got ", N);
   if (N == 0) return;
@@ -360,9 +361,18 @@ void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_
   AlignedBuffer xd;
   const float* xin;
   lora_input(*ad, x, N, training, dropout_key, xd, xin);
-  AlignedBuffer u = floats(N * R);
+  const bool save = training && save_for_backward;
+  AlignedBuffer local;
+  AlignedBuffer& u = save ? ad->saved_u : local;
+  if (static_cast<int64_t>(u.size()) < N * R * 4) u = floats(N * R);
+  if (save) ad->saved_x = nullptr;  // invalid until u holds this call's values
   sgemm(false, true, N, R, in_, xin, ad->a(), u.as<float>(), false);                           // u[N, R] = xin A^T
   sgemm(false, true, N, out_, R, ad->scale, u.as<float>(), R, ad->b(), R, 1.0f, y, out_);  // y += scale u B^T
+  if (save) {
+    ad->saved_x = x;
+    ad->saved_n = N;
+    ad->saved_key = dropout_key;
+  }
 }
 
 void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, bool training, uint64_t dropout_key) {
@@ -378,10 +388,18 @@ void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, boo
   AlignedBuffer xd;
   const float* xin;
   lora_input(ad, x, N, training, dropout_key, xd, xin);
-  AlignedBuffer u = floats(N * R), g = floats(N * R);
-  sgemm(false, true, N, R, in_, xin, ad.a(), u.as<float>(), false);  // u[N, R] = xin A^T (recomputed)
+  AlignedBuffer g = floats(N * R), local;
+  const float* u;
+  if (ad.saved_x == x && ad.saved_n == N && ad.saved_key == dropout_key && training) {
+    u = ad.saved_u.as<float>();  // saved by this x's training forward
+  } else {
+    local = floats(N * R);
+    sgemm(false, true, N, R, in_, xin, ad.a(), local.as<float>(), false);  // u[N, R] = xin A^T (recomputed)
+    u = local.as<float>();
+  }
+  ad.saved_x = nullptr;  // used once
   // dB[out, R] += scale dy^T u;  g[N, R] = scale dy B;  dA[R, in] += g^T xin
-  sgemm(true, false, out_, R, N, ad.scale, dy, out_, u.as<float>(), R, 1.0f, ad.db(), R);
+  sgemm(true, false, out_, R, N, ad.scale, dy, out_, u, R, 1.0f, ad.db(), R);
   sgemm(false, false, N, R, out_, ad.scale, dy, out_, ad.b(), R, 0.0f, g.as<float>(), R);
   sgemm(true, false, R, in_, N, 1.0f, g.as<float>(), R, xin, in_, 1.0f, ad.da(), in_);
   if (!dx) return;

@@ -42,6 +42,13 @@ struct LoraAdapter {
   const float* b() const { return B.as<float>(); }
   const float* da() const { return dA.as<float>(); }
   const float* db() const { return dB.as<float>(); }
+
+  // u = dropout(x) A^T [N, R] kept by a training forward asked to save it, for the backward of the
+  // same (x, N, dropout key) to use once instead of recomputing it.
+  mutable AlignedBuffer saved_u;
+  mutable const float* saved_x = nullptr;
+  mutable int64_t saved_n = -1;
+  mutable uint64_t saved_key = 0;
 };
 
 class Linear {
@@ -93,7 +100,10 @@ class Linear {
   // y[N, out] = x[N, in] W^T + scale * ((dropout(x) A^T) B^T)  (overwrites y; active adapter only).
   // Dropout (inverted, p = spec.dropout) only when training; its mask is a pure function of
   // (spec.seed, dropout_key, n * in + k), so backward and recomputation regenerate it.
-  void forward(float* y, const float* x, int64_t N, bool training, uint64_t dropout_key) const;
+  // save_for_backward (training only): keep the adapter's u for the next backward with the same x
+  // pointer, N and key (the model's layers use it; the caller must not change x in between).
+  void forward(float* y, const float* x, int64_t N, bool training, uint64_t dropout_key,
+               bool save_for_backward = false) const;
   // Accumulates: dx[N, in] += dy W + scale * mask((dy B) A); dA, dB of the active adapter; dW += dy^T x
   // when the base is trainable F32. dx may be nullptr (no input gradient needed).
   void backward(float* dx, const float* dy, const float* x, int64_t N, bool training, uint64_t dropout_key);
