@@ -44,8 +44,68 @@ void gemv(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W,
   }
 }
 
-void gemm(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y) {
-  const int64_t K = W.cols, N = W.rows;
+// Where the drivers get fp32 tiles of W[N, K] from. tile(n0, n1, k0, k1, scratch, ld_scratch, &ld)
+// returns rows [n0, n1) x columns [k0, k1) with row stride ld, either decoded into scratch (NF4,
+// bf16) or in place (fp32). `rows` / `cols` are what the micro-kernel will read: the tile must
+// have that many readable rows / columns (zero where past n1 / k1) -- sources that read in place
+// copy an edge tile into scratch instead.
+struct NF4Source {
+  const NF4Kernels& kern;
+  const NF4Matrix& W;
+  const float* tile(int64_t n0, int64_t n1, int64_t k0, int64_t k1, int64_t rows, int64_t cols, float* scratch,
+                    int64_t ld_scratch, int64_t* ld) const {
+    kern.dequant_tile(W, n0, n1, k0, k1, scratch, ld_scratch);
+    zero_edges(n1 - n0, k1 - k0, rows, cols, scratch, ld_scratch);
+    *ld = ld_scratch;
+    return scratch;
+  }
+  // Rows [nv, rows) and columns [kv, cols) of a tile in scratch are zeroed (finite padding).
+  static void zero_edges(int64_t nv, int64_t kv, int64_t rows, int64_t cols, float* t, int64_t ld) {
+    if (kv < cols)
+      for (int64_t n = 0; n < nv; ++n) std::memset(t + n * ld + kv, 0, sizeof(float) * (cols - kv));
+    for (int64_t n = nv; n < rows; ++n) std::memset(t + n * ld, 0, sizeof(float) * cols);
+  }
+};
+
+struct F32Source {
+  const float* W;
+  int64_t N, K;
+  const float* tile(int64_t n0, int64_t n1, int64_t k0, int64_t k1, int64_t rows, int64_t cols, float* scratch,
+                    int64_t ld_scratch, int64_t* ld) const {
+    if (n0 + rows <= N && k0 + cols <= K) {  // every row and column the kernel reads is in W
+      *ld = K;
+      return W + n0 * K + k0;
+    }
+    for (int64_t n = n0; n < n1; ++n) std::memcpy(scratch + (n - n0) * ld_scratch, W + n * K + k0, sizeof(float) * (k1 - k0));
+    NF4Source::zero_edges(n1 - n0, k1 - k0, rows, cols, scratch, ld_scratch);
+    *ld = ld_scratch;
+    return scratch;
+  }
+};
+
+struct BF16Source {
+  const uint16_t* W;
+  int64_t N, K;
+  const float* tile(int64_t n0, int64_t n1, int64_t k0, int64_t k1, int64_t rows, int64_t cols, float* scratch,
+                    int64_t ld_scratch, int64_t* ld) const {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint16_t* src = W + n * K + k0;
+      float* dst = scratch + (n - n0) * ld_scratch;
+      for (int64_t k = 0; k < k1 - k0; ++k) {
+        const uint32_t bits = static_cast<uint32_t>(src[k]) << 16;  // bf16 -> fp32 is exact
+        std::memcpy(dst + k, &bits, 4);
+      }
+    }
+    NF4Source::zero_edges(n1 - n0, k1 - k0, rows, cols, scratch, ld_scratch);
+    *ld = ld_scratch;
+    return scratch;
+  }
+};
+
+// y[M, N] = x[M, K] W^T (+ bias) for a tile source over W[N, K].
+template <typename Source>
+void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t K, const Source& src,
+          const float* bias, float* y) {
   const int64_t MR = kern.gemm_mr, NR = kern.gemm_nr, KC = std::min(K, kForwardKC);
   const int64_t panels = (M + MR - 1) / MR;
 
@@ -61,8 +121,8 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W,
       for (int64_t i = 0; i < MR; ++i) {
         const int64_t m = p * MR + i;
         if (m < M) {
-          const float* src = x + m * K;
-          for (int64_t k = 0; k < K; ++k) dst[k * MR + i] = src[k];
+          const float* src_row = x + m * K;
+          for (int64_t k = 0; k < K; ++k) dst[k * MR + i] = src_row[k];
         } else {
           for (int64_t k = 0; k < K; ++k) dst[k * MR + i] = 0.0f;
         }
@@ -78,23 +138,23 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W,
   const int64_t G = kForwardGroupTiles;
   parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {  // contiguous tile ranges: balanced to a tile
     AlignedBuffer group_buf(sizeof(float) * G * NR * KC, /*zero=*/true);
-    float* wg = group_buf.as<float>();
+    const float* wt[kForwardGroupTiles];
+    int64_t ldw[kForwardGroupTiles];
     for (int64_t t_begin = t0; t_begin < t1; t_begin += G) {
       const int64_t t_end = std::min(t1, t_begin + G);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = std::min(KC, K - k0);
         for (int64_t t = t_begin; t < t_end; ++t) {
           const int64_t n0 = t * NR, nv = std::min(NR, N - n0);
-          float* w = wg + (t - t_begin) * NR * KC;
-          kern.dequant_tile(W, n0, n0 + nv, k0, k0 + kc, w, KC);
-          for (int64_t j = nv; j < NR; ++j) std::memset(w + j * KC, 0, sizeof(float) * kc);
+          wt[t - t_begin] = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc,
+                                     group_buf.as<float>() + (t - t_begin) * NR * KC, KC, &ldw[t - t_begin]);
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;
           const int mv = static_cast<int>(std::min(MR, M - m0));
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t n0 = t * NR;
-            kern.gemm_tile(kc, xp + (p * K + k0) * MR, wg + (t - t_begin) * NR * KC, KC, y + m0 * N + n0, N, mv,
+            kern.gemm_tile(kc, xp + (p * K + k0) * MR, wt[t - t_begin], ldw[t - t_begin], y + m0 * N + n0, N, mv,
                            static_cast<int>(std::min(NR, N - n0)), k0 > 0);
           }
         }
@@ -102,6 +162,45 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W,
       if (bias)
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = t_begin * NR; n < std::min(N, t_end * NR); ++n) y[m * N + n] += bias[n];
+    }
+  });
+}
+
+// dx[M, K] (+)= dy[M, N] W for a tile source over W[N, K].
+template <typename Source>
+void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64_t K, const Source& src, float* dx,
+            bool accumulate) {
+  const int64_t MR = kern.gemm_t_mr, KR = kern.gemm_t_kr;
+  const int64_t KW = round_up(kBackwardKW, KR), NC = kBackwardNC;
+  const int64_t chunks = (K + KW - 1) / KW;
+  // Tasks are (dx column chunk, dy row block) pairs. With K chunks alone, 3 chunks on 2 threads
+  // left one thread idle a third of the time; splitting the rows into threads / gcd blocks makes
+  // the task count a multiple of the thread count. Each row block produces its W tiles again,
+  // which is cheap next to the block's FMAs (decode ~0.2 cycle per weight, FMAs rows / 16 cycles
+  // per weight), so blocks keep at least kBackwardMinRows rows.
+  const int64_t threads = max_threads();
+  int64_t row_blocks = threads / std::gcd(chunks, threads);
+  row_blocks = std::max<int64_t>(1, std::min(row_blocks, M / kBackwardMinRows));
+  const int64_t block_rows = round_up((M + row_blocks - 1) / row_blocks, MR);
+  row_blocks = (M + block_rows - 1) / block_rows;
+  parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
+    AlignedBuffer tile(sizeof(float) * NC * KW, /*zero=*/true);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t / row_blocks, rb = t % row_blocks;
+      const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
+      const int64_t m_begin = rb * block_rows, m_end = std::min(M, m_begin + block_rows);
+      for (int64_t n0 = 0; n0 < N; n0 += NC) {
+        const int64_t nc = std::min(NC, N - n0);
+        // Columns past kw are read by the last micro-tile (results dropped): they must be finite.
+        int64_t ldw = 0;
+        const float* w = src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+          const int mv = static_cast<int>(std::min(MR, m_end - m0));
+          for (int64_t kk = 0; kk < kw; kk += KR)
+            kern.gemm_t_tile(nc, dy + m0 * N + n0, N, w + kk, ldw, dx + m0 * K + k0 + kk, K, mv,
+                             static_cast<int>(std::min(KR, kw - kk)), accumulate || n0 > 0);
+        }
+      }
     }
   });
 }
@@ -123,49 +222,41 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
   if (M <= kGemvMaxRows && W.rows_group_aligned())
     gemv(kern, x, M, W, bias, y);
   else
-    gemm(kern, x, M, W, bias, y);
+    gemm(kern, x, M, W.rows, W.cols, NF4Source{kern, W}, bias, y);
 }
 
 void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate) {
   W.validate();
   ECOM_CHECK_ARG(M > 0, "nf4 matmul_t: dy has no rows");
   const NF4Kernels& kern = nf4_kernels();
-  const int64_t K = W.cols, N = W.rows;
-  const int64_t MR = kern.gemm_t_mr, KR = kern.gemm_t_kr;
-  const int64_t KW = round_up(kBackwardKW, KR), NC = kBackwardNC;
-  const int64_t chunks = (K + KW - 1) / KW;
-  // Tasks are (dx column chunk, dy row block) pairs. With K chunks alone, 3 chunks (K = 768) on 2
-  // threads left one thread idle a third of the time; splitting the rows into threads / gcd
-  // blocks makes the task count a multiple of the thread count. Each row block decodes its W
-  // tiles again, which is cheap next to the block's FMAs (decode ~0.2 cycle per weight, FMAs
-  // rows / 16 cycles per weight), so blocks keep at least kBackwardMinRows rows.
-  const int64_t threads = max_threads();
-  int64_t row_blocks = threads / std::gcd(chunks, threads);
-  row_blocks = std::max<int64_t>(1, std::min(row_blocks, M / kBackwardMinRows));
-  const int64_t block_rows = round_up((M + row_blocks - 1) / row_blocks, MR);
-  row_blocks = (M + block_rows - 1) / block_rows;
-  parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
-    AlignedBuffer tile(sizeof(float) * NC * KW, /*zero=*/true);
-    float* w = tile.as<float>();
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c = t / row_blocks, rb = t % row_blocks;
-      const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
-      const int64_t m_begin = rb * block_rows, m_end = std::min(M, m_begin + block_rows);
-      for (int64_t n0 = 0; n0 < N; n0 += NC) {
-        const int64_t nc = std::min(NC, N - n0);
-        kern.dequant_tile(W, n0, n0 + nc, k0, k0 + kw, w, KW);
-        // Columns past kw are read by the last micro-tile (results dropped): keep them finite.
-        if (kw % KR != 0)
-          for (int64_t n = 0; n < nc; ++n) std::memset(w + n * KW + kw, 0, sizeof(float) * (round_up(kw, KR) - kw));
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
-          const int mv = static_cast<int>(std::min(MR, m_end - m0));
-          for (int64_t kk = 0; kk < kw; kk += KR)
-            kern.gemm_t_tile(nc, dy + m0 * N + n0, N, w + kk, KW, dx + m0 * K + k0 + kk, K, mv,
-                             static_cast<int>(std::min(KR, kw - kk)), accumulate || n0 > 0);
-        }
-      }
-    }
-  });
+  gemm_t(kern, dy, M, W.rows, W.cols, NF4Source{kern, W}, dx, accumulate);
+}
+
+namespace {
+void check_dense(const void* W, int64_t M, int64_t N, int64_t K, const char* what) {
+  ECOM_CHECK_ARG(W != nullptr, what, ": the weight is null");
+  ECOM_CHECK_ARG(M > 0 && N > 0 && K > 0, what, ": sizes must be positive, got M=", M, " N=", N, " K=", K);
+}
+}  // namespace
+
+void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y) {
+  check_dense(W, M, N, K, "f32 matmul");
+  gemm(nf4_kernels(), x, M, N, K, F32Source{W, N, K}, nullptr, y);
+}
+
+void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate) {
+  check_dense(W, M, N, K, "f32 matmul_t");
+  gemm_t(nf4_kernels(), dy, M, N, K, F32Source{W, N, K}, dx, accumulate);
+}
+
+void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y) {
+  check_dense(W, M, N, K, "bf16 matmul");
+  gemm(nf4_kernels(), x, M, N, K, BF16Source{W, N, K}, nullptr, y);
+}
+
+void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate) {
+  check_dense(W, M, N, K, "bf16 matmul_t");
+  gemm_t(nf4_kernels(), dy, M, N, K, BF16Source{W, N, K}, dx, accumulate);
 }
 
 }  // namespace ecomllm::quant

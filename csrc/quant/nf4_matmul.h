@@ -77,4 +77,13 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
 // dx[M, K] = dy[M, N] @ dequant(W) (accumulate: dx += ...). dy, dx fp32 row-major.
 void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate = false);
 
+// Dense weights W[N, K] (row-major fp32, or bf16 bit patterns) through the same drivers and
+// micro-kernels: fp32 tiles are read in place, bf16 tiles widened per tile. For M in the tens and
+// up (training, prefill); below that BLAS gemv is the better call.
+//   y[M, N] = x[M, K] W^T          dx[M, K] (+)= dy[M, N] W
+void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y);
+void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate);
+void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y);
+void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate);
+
 }  // namespace ecomllm::quant
