@@ -18,10 +18,10 @@ constexpr int64_t kPanelBytes = 256 * 1024;  // fp32 bytes of one converted bf16
 constexpr int64_t kRowBlock = 256;           // rows of x / dy per task in the bf16 paths
 constexpr int64_t kElemGrain = 1 << 14;      // elements per task in element-wise loops
 // From this many rows of x on, dense products run on our register-tiled GEMM (the NF4 drivers
-// reading fp32 tiles in place or widening bf16 tiles). Measured on Zen 3 at the lm_head's shape
-// (262 x 768 x 32000), interleaved with OpenBLAS: fp32 forward +3-13%; bf16 forward +25% and
-// backward 2x (over widening panels for OpenBLAS); fp32 backward -10%, so that one stays on BLAS.
-// Fewer rows (token-by-token decoding) stay on BLAS too.
+// reading fp32 tiles in place or copied, or widening bf16 tiles). Measured on Zen 3 at the
+// lm_head's shape (262 x 768 x 32000), interleaved with OpenBLAS: fp32 forward +3-13%, backward
+// +5-7%; bf16 forward +25%, backward 2x (over widening panels for OpenBLAS). Fewer rows
+// (token-by-token decoding) stay on BLAS.
 constexpr int64_t kTiledMinRows = 16;
 constexpr uint64_t kInitStreamKey = 0x1a2b3c4d5e6f7081ull;  // stream of A's initialisation (not a dropout key)
 
@@ -212,7 +212,10 @@ void Linear::base_forward(float* y, const float* x, int64_t N) const {
 void Linear::base_backward(float* dx, const float* dy, int64_t N) const {
   switch (format_) {
     case WeightFormat::F32:
-      sgemm(false, false, N, in_, out_, dy, w_f32_->as<float>(), dx, true);
+      if (N >= kTiledMinRows)
+        quant::f32_matmul_t(dy, N, w_f32_->as<float>(), out_, in_, dx, /*accumulate=*/true);
+      else
+        sgemm(false, false, N, in_, out_, dy, w_f32_->as<float>(), dx, true);
       break;
     case WeightFormat::BF16: {
       if (N >= kTiledMinRows) {
