@@ -209,18 +209,19 @@ void Linear::base_forward(float* y, const float* x, int64_t N) const {
 }
 
 // dx[N, in] += dy[N, out] W.
-void Linear::base_backward(float* dx, const float* dy, int64_t N) const {
+bool Linear::base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra) const {
   switch (format_) {
     case WeightFormat::F32:
-      if (N >= kTiledMinRows)
-        quant::f32_matmul_t(dy, N, w_f32_->as<float>(), out_, in_, dx, /*accumulate=*/true);
-      else
-        sgemm(false, false, N, in_, out_, dy, w_f32_->as<float>(), dx, true);
+      if (N >= kTiledMinRows) {
+        quant::f32_matmul_t(dy, N, w_f32_->as<float>(), out_, in_, dx, /*accumulate=*/true, extra);
+        return true;
+      }
+      sgemm(false, false, N, in_, out_, dy, w_f32_->as<float>(), dx, true);
       break;
     case WeightFormat::BF16: {
       if (N >= kTiledMinRows) {
-        quant::bf16_matmul_t(dy, N, w_bf16_.as<uint16_t>(), out_, in_, dx, /*accumulate=*/true);
-        break;
+        quant::bf16_matmul_t(dy, N, w_bf16_.as<uint16_t>(), out_, in_, dx, /*accumulate=*/true, extra);
+        return true;
       }
       // Column panels of W [out, Kp] widened to fp32 per thread; dx[:, k0:k0+Kp] += dy W_panel.
       const int64_t Kp = panel_units(in_, out_, 16), npanels = (in_ + Kp - 1) / Kp;
@@ -239,9 +240,10 @@ void Linear::base_backward(float* dx, const float* dy, int64_t N) const {
       break;
     }
     case WeightFormat::NF4:
-      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, /*accumulate=*/true);
-      break;
+      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, /*accumulate=*/true, extra);
+      return true;
   }
+  return false;
 }
 
 // ---- adapters ----------------------------------------------------------------------------------
@@ -399,10 +401,12 @@ void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, boo
   require_weight();
   ECOM_CHECK_ARG(N >= 0, "Linear.backward: N must be non-negative, got ", N);
   if (N == 0) return;
-  if (dx) base_backward(dx, dy, N);
   if (trainable_ && dw_) sgemm(true, false, out_, in_, N, dy, x, dw_->as<float>(), true);  // dW += dy^T x
   const LoraAdapter* cad = active_lora();
-  if (!cad) return;
+  if (!cad) {
+    if (dx) base_backward(dx, dy, N);
+    return;
+  }
   LoraAdapter& ad = *adapters_.at(active_);
   const int64_t R = ad.spec.r;
   AlignedBuffer xd;
@@ -424,9 +428,12 @@ void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, boo
   sgemm(true, false, R, in_, N, 1.0f, g.as<float>(), R, xin, in_, 1.0f, ad.da(), in_);
   if (!dx) return;
   if (xin == x) {
-    sgemm(false, false, N, in_, R, g.as<float>(), ad.a(), dx, true);  // dx += g A
+    // dx += dy W + g A, in one pass over dx where the base product runs on the tiled drivers
+    const quant::LowRankTerm lora_term{g.as<float>(), ad.a(), R};
+    if (!base_backward(dx, dy, N, &lora_term)) sgemm(false, false, N, in_, R, g.as<float>(), ad.a(), dx, true);
   } else {
-    // dx += mask * s * (g A); the dropped input is no longer needed, so its storage holds g A.
+    // dx += dy W + mask * s * (g A); the dropped input is no longer needed, so its storage holds g A.
+    base_backward(dx, dy, N);
     float* t = xd.as<float>();
     sgemm(false, false, N, in_, R, g.as<float>(), ad.a(), t, false);
     const uint64_t stream = hash_stream(ad.spec.seed, dropout_key);

@@ -121,7 +121,9 @@ class Linear {
   const LoraAdapter* active_lora() const;  // the adapter forward uses (null when none or merged)
   void require_weight() const;
   void base_forward(float* y, const float* x, int64_t N) const;        // y = x W^T
-  void base_backward(float* dx, const float* dy, int64_t N) const;     // dx += dy W
+  // dx += dy W, and + extra's g A in the same pass when the product runs on the tiled drivers:
+  // returns whether extra was applied (callers add it themselves otherwise).
+  bool base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra = nullptr) const;
   void lora_input(const LoraAdapter& ad, const float* x, int64_t N, bool training, uint64_t key,
                   AlignedBuffer& storage, const float*& xin) const;   // xin = dropout(x) or x
 

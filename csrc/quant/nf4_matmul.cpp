@@ -173,7 +173,10 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
 // dx[M, K] (+)= dy[M, N] W for a tile source over W[N, K].
 template <typename Source>
 void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64_t K, const Source& src, float* dx,
-            bool accumulate) {
+            bool accumulate, const LowRankTerm* extra) {
+  if (extra) {
+    ECOM_CHECK_ARG(extra->g && extra->a && extra->r > 0, "matmul_t: incomplete low-rank term (r = ", extra->r, ")");
+  }
   const int64_t MR = kern.gemm_t_mr, KR = kern.gemm_t_kr;
   const int64_t KW = round_up(kBackwardKW, KR), NC = kBackwardNC;
   const int64_t chunks = (K + KW - 1) / KW;
@@ -193,16 +196,31 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
       const int64_t c = t / row_blocks, rb = t % row_blocks;
       const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
       const int64_t m_begin = rb * block_rows, m_end = std::min(M, m_begin + block_rows);
+      // dx[rows, chunk] (+)= lhs[rows, n] w[n, chunk] for one tile w of n reduction rows.
+      auto apply_tile = [&](int64_t n, const float* lhs, int64_t ld_lhs, const float* w, int64_t ldw, bool acc) {
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+          const int mv = static_cast<int>(std::min(MR, m_end - m0));
+          for (int64_t kk = 0; kk < kw; kk += KR)
+            kern.gemm_t_tile(n, lhs + m0 * ld_lhs, ld_lhs, w + kk, ldw, dx + m0 * K + k0 + kk, K, mv,
+                             static_cast<int>(std::min(KR, kw - kk)), acc);
+        }
+      };
       for (int64_t n0 = 0; n0 < N; n0 += NC) {
         const int64_t nc = std::min(NC, N - n0);
         // Columns past kw are read by the last micro-tile (results dropped): they must be finite.
         int64_t ldw = 0;
         const float* w = src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
-          const int mv = static_cast<int>(std::min(MR, m_end - m0));
-          for (int64_t kk = 0; kk < kw; kk += KR)
-            kern.gemm_t_tile(nc, dy + m0 * N + n0, N, w + kk, ldw, dx + m0 * K + k0 + kk, K, mv,
-                             static_cast<int>(std::min(KR, kw - kk)), accumulate || n0 > 0);
+        apply_tile(nc, dy + n0, N, w, ldw, accumulate || n0 > 0);
+      }
+      // The low-rank term as further reduction rows: dx[:, chunk] += g A[:, chunk], NC rows at a time.
+      if (extra) {
+        const int64_t r = extra->r;
+        const F32Source a_rows{extra->a, r, K, false};
+        for (int64_t r0 = 0; r0 < r; r0 += NC) {
+          const int64_t rc = std::min(NC, r - r0);
+          int64_t ldw = 0;
+          const float* w = a_rows.tile(r0, r0 + rc, k0, k0 + kw, rc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
+          apply_tile(rc, extra->g + r0, r, w, ldw, true);
         }
       }
     }
@@ -229,11 +247,12 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
     gemm(kern, x, M, W.rows, W.cols, NF4Source{kern, W}, bias, y);
 }
 
-void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate) {
+void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate,
+                  const LowRankTerm* extra) {
   W.validate();
   ECOM_CHECK_ARG(M > 0, "nf4 matmul_t: dy has no rows");
   const NF4Kernels& kern = nf4_kernels();
-  gemm_t(kern, dy, M, W.rows, W.cols, NF4Source{kern, W}, dx, accumulate);
+  gemm_t(kern, dy, M, W.rows, W.cols, NF4Source{kern, W}, dx, accumulate, extra);
 }
 
 namespace {
@@ -248,9 +267,10 @@ void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K,
   gemm(nf4_kernels(), x, M, N, K, F32Source{W, N, K, true}, nullptr, y);
 }
 
-void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate) {
+void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate,
+                  const LowRankTerm* extra) {
   check_dense(W, M, N, K, "f32 matmul_t");
-  gemm_t(nf4_kernels(), dy, M, N, K, F32Source{W, N, K, false}, dx, accumulate);
+  gemm_t(nf4_kernels(), dy, M, N, K, F32Source{W, N, K, false}, dx, accumulate, extra);
 }
 
 void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y) {
@@ -258,9 +278,10 @@ void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_
   gemm(nf4_kernels(), x, M, N, K, BF16Source{W, N, K}, nullptr, y);
 }
 
-void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate) {
+void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate,
+                   const LowRankTerm* extra) {
   check_dense(W, M, N, K, "bf16 matmul_t");
-  gemm_t(nf4_kernels(), dy, M, N, K, BF16Source{W, N, K}, dx, accumulate);
+  gemm_t(nf4_kernels(), dy, M, N, K, BF16Source{W, N, K}, dx, accumulate, extra);
 }
 
 }  // namespace ecomllm::quant

@@ -74,16 +74,28 @@ const NF4Kernels& nf4_kernels();
 
 // y[M, N] = x[M, K] @ dequant(W)^T + bias (bias may be null). x, y fp32 row-major.
 void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y);
-// dx[M, K] = dy[M, N] @ dequant(W) (accumulate: dx += ...). dy, dx fp32 row-major.
-void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate = false);
+// A low-rank term the backward products can add in the same pass over dx: dx += g A with
+// g[M, r] and A[r, K] fp32 row-major (LoRA's input gradient), instead of a separate GEMM that
+// reads and writes all of dx again.
+struct LowRankTerm {
+  const float* g = nullptr;
+  const float* a = nullptr;
+  int64_t r = 0;
+};
+
+// dx[M, K] = dy[M, N] @ dequant(W) (accumulate: dx += ...) (+ extra->g extra->a). fp32 row-major.
+void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate = false,
+                  const LowRankTerm* extra = nullptr);
 
 // Dense weights W[N, K] (row-major fp32, or bf16 bit patterns) through the same drivers and
 // micro-kernels: fp32 tiles are read in place, bf16 tiles widened per tile. For M in the tens and
 // up (training, prefill); below that BLAS gemv is the better call.
 //   y[M, N] = x[M, K] W^T          dx[M, K] (+)= dy[M, N] W
 void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y);
-void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate);
+void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate,
+                  const LowRankTerm* extra = nullptr);
 void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y);
-void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate);
+void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate,
+                   const LowRankTerm* extra = nullptr);
 
 }  // namespace ecomllm::quant

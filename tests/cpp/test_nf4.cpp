@@ -220,6 +220,17 @@ TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
     for (double& v : dx_acc_ref) v += 0.5;
     nf4_matmul_t(dy.data(), s.M, w.m, dx_acc.data(), /*accumulate=*/true);
     EXPECT_LE(rel_err(dx_acc, dx_acc_ref), 1e-5) << simd_level_name(level) << " backward, accumulate";
+    // a low-rank term in the same pass: dx = dy W + g A (LoRA's input gradient), g [M, 5], A [5, K]
+    const int64_t r = 5;
+    const std::vector<float> g = random_normal(s.M * r, 19), a = random_normal(r * s.K, 23);
+    std::vector<double> dx_lr_ref(dx_ref);
+    for (int64_t m = 0; m < s.M; ++m)
+      for (int64_t j = 0; j < r; ++j)
+        for (int64_t k = 0; k < s.K; ++k) dx_lr_ref[m * s.K + k] += static_cast<double>(g[m * r + j]) * a[j * s.K + k];
+    std::vector<float> dx_lr(s.M * s.K, NAN);
+    const LowRankTerm term{g.data(), a.data(), r};
+    nf4_matmul_t(dy.data(), s.M, w.m, dx_lr.data(), /*accumulate=*/false, &term);
+    EXPECT_LE(rel_err(dx_lr, dx_lr_ref), 1e-5) << simd_level_name(level) << " backward + low-rank term";
   }
 }
 
@@ -276,6 +287,19 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
         if (variant == 0) {
           f32_matmul(x.data(), s.M, w.data(), s.N, s.K, y.data());
           f32_matmul_t(dy.data(), s.M, w.data(), s.N, s.K, dx.data(), /*accumulate=*/true);
+          // a low-rank term of rank 300 (more rows than one backward tile) on top: dx += g A
+          const int64_t r = 300;
+          const std::vector<float> g = random_normal(s.M * r, 29), a = random_normal(r * s.K, 31);
+          std::vector<double> lr_ref(s.M * s.K, 0.0);
+          for (int64_t m = 0; m < s.M; ++m)
+            for (int64_t j = 0; j < r; ++j)
+              for (int64_t k = 0; k < s.K; ++k) lr_ref[m * s.K + k] += static_cast<double>(g[m * r + j]) * a[j * s.K + k];
+          std::vector<double> both_ref(dx_ref);
+          for (size_t i = 0; i < both_ref.size(); ++i) both_ref[i] += lr_ref[i] - 0.5;  // dx_ref holds +0.5
+          std::vector<float> both(s.M * s.K, NAN);
+          const LowRankTerm term{g.data(), a.data(), r};
+          f32_matmul_t(dy.data(), s.M, w.data(), s.N, s.K, both.data(), /*accumulate=*/false, &term);
+          EXPECT_LE(rel_err(both, both_ref), 1e-5) << what << " backward + low-rank term";
         } else {
           bf16_matmul(x.data(), s.M, w16.data(), s.N, s.K, y.data());
           bf16_matmul_t(dy.data(), s.M, w16.data(), s.N, s.K, dx.data(), /*accumulate=*/true);
