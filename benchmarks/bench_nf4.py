@@ -20,6 +20,9 @@ What is measured (benchmarks/README.md describes every field):
 * gemv_* -- ecomllm's fused NF4 M=1 kernel cycled over >= 1 GiB of distinct NF4 matrices
   (double_quant=True, blocksize=64) so the last-level cache does not flatter it, in bytes of
   quantized storage (NF4Tensor.nbytes) read per second (median pass).
+* gemv_int16_* -- the opt-in int16-activation decoding kernel (NF4Tensor.matmul(x,
+  activations="int16"): x rounded per 64 elements, exact integer sums, ~1e-4 relative) on the same
+  matrices in the same alternating passes. gemv_gbs / gemv_vs_bandwidth stay the exact fp32 kernel.
 * bnb_* -- bitsandbytes' NF4 M=1 paths (Linear4bit / gemv_4bit on the AVX512-BF16 repacked
   weight, and the plain fp32 matmul_4bit), cycled over distinct matrices as well. The fused
   bitsandbytes passes alternate with ours, pass by pass, so that drift in the machine (other
@@ -65,6 +68,7 @@ ROLL_STEP = 4099          # bytes; copy i is rotated by i * ROLL_STEP (odd: neve
 
 # Relative max error (vs x @ dequantized_weight.T) above which a kernel's output is called wrong.
 TOL_FP32 = 1e-3
+TOL_INT16 = 1e-3          # int16 activations: ~1e-4 expected (tests hold it to 5e-4)
 TOL_BF16 = 5e-2           # bf16 activations / scales (bitsandbytes' fused CPU path)
 
 NOISY_CORES = 0.15        # average cores used elsewhere during a phase above which the run is flagged
@@ -573,6 +577,19 @@ class Bench:
                 m.matmul(x1)
 
         passes = {"ours": ours_pass}
+        # the int16-activation decoding kernel (opt-in, ~1e-4 relative) over the same matrices
+        err_int16 = None
+        if base.supports_int16_activations:
+            err_int16 = max(rel_err(mats[0].matmul(x1, activations="int16"), ref1),
+                            rel_err(last.matmul(x1, activations="int16"), x1 @ last.dequantize().T))
+            if not err_int16 <= TOL_INT16:
+                raise RuntimeError(f"our int16 GEMV is wrong: relative max error {err_int16:.3g} > {TOL_INT16}")
+
+            def ours_int16_pass():
+                for m in mats:
+                    m.matmul(x1, activations="int16")
+
+            passes["ours_int16"] = ours_int16_pass
         bnb_info = {}
         if self.bnb is not None:
             try:
@@ -592,6 +609,12 @@ class Bench:
         }
         log(f"[{key}] ours: {t_call * 1e3:.3f} ms/call = {nbytes / t_call / 1e9:.2f} GB/s "
             f"(best pass {nbytes / t_best / 1e9:.2f})")
+        if "ours_int16" in times:
+            t16 = median(times["ours_int16"]) / nmat
+            self.details["gemv"][key]["int16"] = {
+                "ms_per_call_median": t16 * 1e3, "gbs_median": nbytes / t16 / 1e9,
+                "gbs_best": nbytes / (min(times["ours_int16"]) / nmat) / 1e9, "max_rel_err": err_int16}
+            log(f"[{key}] ours int16 activations: {t16 * 1e3:.3f} ms/call = {nbytes / t16 / 1e9:.2f} GB/s")
         for path, info in bnb_info.items():
             ts = times[path]
             tc = median(ts) / info["matrices"]
@@ -619,6 +642,14 @@ class Bench:
         t_hot = median(hot)
         self.details["gemv"][key]["ms_per_call_cache_hot"] = t_hot * 1e3
         log(f"[{key}] ours cache-hot: {t_hot * 1e3:.3f} ms/call")
+        if "int16" in self.details["gemv"][key]:
+            hot = []
+            for _ in range(cfg.hot_calls):
+                t0 = time.perf_counter()
+                m0.matmul(x1, activations="int16")
+                hot.append(time.perf_counter() - t0)
+            self.details["gemv"][key]["int16"]["ms_per_call_cache_hot"] = median(hot) * 1e3
+            log(f"[{key}] ours int16 cache-hot: {median(hot) * 1e3:.3f} ms/call")
 
         if self.bnb is not None:
             try:
@@ -778,6 +809,17 @@ class Bench:
                 sum(d["ms_per_call_cache_hot"] * 1e-3 for d in hot.values()) / 1e9
             if res.get("read_bandwidth_gbs"):
                 res["gemv_cache_hot_vs_bandwidth"] = res["gemv_cache_hot_gbs"] / res["read_bandwidth_gbs"]
+        # the int16-activation kernel (opt-in): same matrices, same passes
+        g16 = {k: d["int16"] for k, d in g.items() if "int16" in d}
+        if g16 and len(g16) == len(g):
+            res["gemv_int16_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in g16) / \
+                sum(d["ms_per_call_median"] * 1e-3 for d in g16.values()) / 1e9
+            res["gemv_int16_max_rel_err"] = max(d["max_rel_err"] for d in g16.values())
+            if res.get("read_bandwidth_gbs"):
+                res["gemv_int16_vs_bandwidth"] = res["gemv_int16_gbs"] / res["read_bandwidth_gbs"]
+            if all(d.get("ms_per_call_cache_hot") for d in g16.values()):
+                res["gemv_int16_cache_hot_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in g16) / \
+                    sum(d["ms_per_call_cache_hot"] * 1e-3 for d in g16.values()) / 1e9
         if self.peak_runs:
             res["machine_peak_gflops"] = max(self.peak_runs.values())
             det["fma_peak_runs_gflops"] = dict(self.peak_runs)

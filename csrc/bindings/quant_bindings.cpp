@@ -10,6 +10,7 @@
 #include "base/half.h"
 #include "bindings/numpy_views.h"
 #include "quant/nf4.h"
+#include "quant/nf4_gemv_q16.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::bindings {
@@ -85,7 +86,13 @@ class PyNF4Matrix {
   }
 
   // x [..., K] float32 or bfloat16 -> y [..., N] float32.
-  py::array_t<float> matmul(const py::array& x, std::optional<py::array> bias, bool bf16_bits) const {
+  // int16_activations: the q16 GEMV (quant/nf4_gemv_q16.h) instead of the exact fp32 kernels.
+  py::array_t<float> matmul(const py::array& x, std::optional<py::array> bias, bool bf16_bits,
+                            bool int16_activations) const {
+    if (int16_activations)
+      ECOM_CHECK_ARG(quant::nf4_gemv_q16_supported(m_), "int16 activations need in_features and blocksize to be ",
+                     "multiples of ", quant::kQ16Chunk, "; this weight has in_features ", m_.cols, ", blocksize ",
+                     m_.blocksize);
     const float* bias_ptr = nullptr;
     if (bias) {
       const TensorView bv = expect_array(*bias, DType::F32, 1, "bias");
@@ -93,7 +100,10 @@ class PyNF4Matrix {
       bias_ptr = bv.ptr<const float>();
     }
     return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
-      quant::nf4_matmul(in, M, m_, bias_ptr, out);
+      if (int16_activations)
+        quant::nf4_gemv_q16(in, M, m_, bias_ptr, out);
+      else
+        quant::nf4_matmul(in, M, m_, bias_ptr, out);
     });
   }
 
@@ -120,6 +130,7 @@ class PyNF4Matrix {
     return out;
   }
 
+  const quant::NF4Matrix& matrix() const { return m_; }
   int64_t rows() const { return m_.rows; }
   int64_t cols() const { return m_.cols; }
 
@@ -248,7 +259,11 @@ void bind_quant(py::module_& m) {
            py::arg("absmax") = py::none(), py::arg("qabsmax") = py::none(), py::arg("nested_absmax") = py::none(),
            py::arg("nested_code") = py::none(), py::arg("offset") = 0.0)
       .def("matmul", &PyNF4Matrix::matmul, py::arg("x"), py::arg("bias") = py::none(), py::arg("bf16_bits") = false,
-           "y[..., N] = x[..., K] @ dequant(W)^T (+ bias). GIL released.")
+           py::arg("int16_activations") = false,
+           "y[..., N] = x[..., K] @ dequant(W)^T (+ bias). GIL released. int16_activations: the int16-activation "
+           "GEMV (x rounded per 64 elements; ~1e-4 relative difference; for a few rows of x).")
+      .def_property_readonly("supports_int16_activations",
+                             [](const PyNF4Matrix& self) { return quant::nf4_gemv_q16_supported(self.matrix()); })
       .def("matmul_t", &PyNF4Matrix::matmul_t, py::arg("dy"), py::arg("bf16_bits") = false,
            "dx[..., K] = dy[..., N] @ dequant(W). GIL released.")
       .def("dequantize", &PyNF4Matrix::dequantize, "The fp32 weight [rows, cols].")

@@ -191,12 +191,28 @@ class NF4Tensor:
         if len(self._shape) != 2:
             raise ValueError(f"matmul needs a 2-D weight [N, K], this one has shape {self._shape}")
 
-    def matmul(self, x, bias: np.ndarray | None = None) -> np.ndarray:
-        """``x[..., K] @ W^T (+ bias[N]) -> [..., N]`` in fp32; x float32 or bfloat16."""
+    def matmul(self, x, bias: np.ndarray | None = None, activations: str = "fp32") -> np.ndarray:
+        """``x[..., K] @ W^T (+ bias[N]) -> [..., N]`` in fp32; x float32 or bfloat16.
+
+        ``activations="int16"`` runs the decoding kernel that rounds x to int16 per 64 elements
+        and the 16 code values to multiples of 2^-14, then sums exactly in integers: ~1e-4
+        relative difference from the fp32 kernel and several times its speed at one row of x
+        on AVX2. Needs ``in_features`` and the blocksize to be multiples of 64
+        (:attr:`supports_int16_activations`); meant for a few rows of x (each row is one pass
+        over W). Rows holding inf/NaN fall back to the fp32 kernel.
+        """
         self._require_2d()
+        if activations not in ("fp32", "int16"):
+            raise ValueError(f"activations must be 'fp32' or 'int16', got {activations!r}")
         xa, is_bf16 = _activation(x)
         b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-        return self._core.matmul(xa, b, bf16_bits=is_bf16)
+        return self._core.matmul(xa, b, bf16_bits=is_bf16, int16_activations=activations == "int16")
+
+    @property
+    def supports_int16_activations(self) -> bool:
+        """Whether :meth:`matmul` accepts ``activations="int16"`` for this weight."""
+        self._require_2d()
+        return bool(self._core.supports_int16_activations)
 
     def matmul_t(self, dy) -> np.ndarray:
         """``dy[..., N] @ W -> [..., K]`` in fp32 (the input gradient of :meth:`matmul`)."""

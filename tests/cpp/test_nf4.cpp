@@ -11,6 +11,7 @@
 
 #include "base/cpu_features.h"
 #include "quant/nf4.h"
+#include "quant/nf4_gemv_q16.h"
 #include "quant/nf4_kernels_common.h"
 #include "quant/nf4_matmul.h"
 
@@ -246,6 +247,56 @@ INSTANTIATE_TEST_SUITE_P(
       return "M" + std::to_string(s.M) + "_N" + std::to_string(s.N) + "_K" + std::to_string(s.K) + "_bs" +
              std::to_string(s.bs) + (s.dq ? "_dq" : "");
     });
+
+// The int16-activation GEMV: every level against an fp64 reference of the fp32 product. The
+// rounding (x to 1/16383 of each 64-chunk's max, codes to 2^-14) allows 5e-4 of max |y|; the
+// levels agree with each other to fp32 summation order (1e-5). Outliers in x stay bounded (each
+// chunk has its own scale), non-finite rows fall back to the exact kernel, unsupported shapes throw.
+TEST(NF4GemvQ16, MatchesFp64ReferenceAtEveryLevel) {
+  struct Case { int64_t M, N, K, bs; bool dq; };
+  for (const Case c : {Case{1, 3, 64, 64, false}, Case{1, 33, 4096, 64, true}, Case{3, 17, 640, 128, true},
+                       Case{2, 65, 192, 64, false}, Case{1, 9, 8192, 4096, true}, Case{1, 4, 2048, 4096, false},
+                       Case{2, 7, 192, 128, false}, Case{1, 5, 6144, 4096, true}}) {  // rows start mid-block
+    const Weight w = make_weight(c.N, c.K, c.bs, c.dq, 29);
+    ASSERT_TRUE(nf4_gemv_q16_supported(w.m));
+    const std::vector<double> wd = dense(w.m);
+    std::vector<float> x = random_normal(c.M * c.K, 31);
+    x[c.K / 2] = 300.0f;  // an outlier: only its own chunk loses resolution
+    const std::vector<float> bias = random_normal(c.N, 37);
+    std::vector<double> y_ref(c.M * c.N);
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t n = 0; n < c.N; ++n) {
+        double acc = bias[n];
+        for (int64_t k = 0; k < c.K; ++k) acc += static_cast<double>(x[m * c.K + k]) * wd[n * c.K + k];
+        y_ref[m * c.N + n] = acc;
+      }
+    std::vector<float> y_scalar;
+    for (SimdLevel level : available_levels()) {
+      set_simd_level(level);
+      std::vector<float> y(c.M * c.N, NAN);
+      nf4_gemv_q16(x.data(), c.M, w.m, bias.data(), y.data());
+      EXPECT_LE(rel_err(y, y_ref), 5e-4) << simd_level_name(level) << " K=" << c.K << " bs=" << c.bs;
+      if (y_scalar.empty())
+        y_scalar = y;
+      else
+        EXPECT_LE(rel_err(y, std::vector<double>(y_scalar.begin(), y_scalar.end())), 1e-5) << simd_level_name(level);
+    }
+    set_simd_level(cpu_features().best_level());
+  }
+}
+
+TEST(NF4GemvQ16, NonFiniteRowsFallBackAndUnsupportedShapesThrow) {
+  const Weight w = make_weight(8, 128, 64, true, 41);
+  std::vector<float> x = random_normal(2 * 128, 43), y(16, 0.0f), y_exact(16, 0.0f);
+  x[5] = INFINITY;  // row 0 -> exact kernel, row 1 -> int16
+  nf4_gemv_q16(x.data(), 2, w.m, nullptr, y.data());
+  nf4_matmul(x.data(), 2, w.m, nullptr, y_exact.data());
+  for (int n = 0; n < 8; ++n) EXPECT_TRUE(std::isnan(y[n]) == std::isnan(y_exact[n]) && std::isinf(y[n]) == std::isinf(y_exact[n]));
+  for (int n = 8; n < 16; ++n) EXPECT_NEAR(y[n], y_exact[n], 5e-3 * (1.0 + std::fabs(y_exact[n])));
+  const Weight odd = make_weight(4, 96, 32, false, 47);  // K % 64 != 0 and blocksize 32
+  EXPECT_FALSE(nf4_gemv_q16_supported(odd.m));
+  EXPECT_THROW(nf4_gemv_q16(x.data(), 1, odd.m, nullptr, y.data()), ValueError);
+}
 
 // The dense-weight entry points share the NF4 drivers: fp32 tiles read in place (edge tiles copied
 // and zero-padded) and bf16 tiles widened. Both against a double reference at every SIMD level.

@@ -1,0 +1,91 @@
+// Driver and scalar reference of the int16-activation NF4 GEMV (see nf4_gemv_q16.h).
+#include "quant/nf4_gemv_q16.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "base/buffer.h"
+#include "base/cpu_features.h"
+#include "base/error.h"
+#include "base/parallel.h"
+
+namespace ecomllm::quant {
+
+bool nf4_gemv_q16_supported(const NF4Matrix& W) {
+  if (W.cols % kQ16Chunk != 0 || W.blocksize % kQ16Chunk != 0 || !W.code) return false;
+  for (int c = 0; c < 16; ++c)
+    if (!(std::fabs(W.code[c]) <= 1.0f)) return false;
+  return true;
+}
+
+namespace {
+
+// x[K] -> xq[K] (q16_position order within each chunk) and xscale[K / 64] such that
+// x ~= xq * xscale * 2^14 (the 2^14 undoes the code scale). False when x holds inf or NaN.
+bool quantize_activations(const float* x, int64_t K, int16_t* xq, float* xscale) {
+  for (int64_t c0 = 0; c0 < K; c0 += kQ16Chunk) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t e = 0; e < kQ16Chunk; ++e) {
+      const float a = std::fabs(x[c0 + e]);
+      finite &= a <= std::numeric_limits<float>::max();  // false for inf and NaN (which std::max would skip)
+      amax = std::max(amax, a);
+    }
+    if (!finite) return false;
+    const float inv = amax > 0.0f ? static_cast<float>(kQ16XMax) / amax : 0.0f;
+    for (int64_t e = 0; e < kQ16Chunk; ++e) {
+      const long q = std::lrint(x[c0 + e] * inv);
+      xq[c0 + q16_position(e)] = static_cast<int16_t>(std::clamp<long>(q, -kQ16XMax, kQ16XMax));
+    }
+    xscale[c0 / kQ16Chunk] = amax / (static_cast<float>(kQ16XMax) * static_cast<float>(kQ16CodeScale));
+  }
+  return true;
+}
+
+}  // namespace
+
+void gemv_q16_rows_scalar(const NF4Matrix& W, const int16_t* table, const int16_t* xq, const float* xscale,
+                          const float* bias, int64_t n0, int64_t n1, float* y) {
+  const int64_t K = W.cols, bs = W.blocksize;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = W.packed + n * (K / 2);
+    float acc = 0.0f, scale = 0.0f;
+    for (int64_t c0 = 0; c0 < K; c0 += kQ16Chunk) {
+      const int64_t b = (n * K + c0) / bs;
+      W.block_scales(b, b + 1, &scale);
+      int64_t sum = 0;
+      for (int64_t e = 0; e < kQ16Chunk; ++e) {
+        const uint8_t byte = row[(c0 + e) / 2];
+        const int code = (e % 2) ? (byte & 0x0f) : (byte >> 4);
+        sum += static_cast<int64_t>(table[code]) * xq[c0 + q16_position(e)];
+      }
+      acc += static_cast<float>(sum) * (scale * xscale[c0 / kQ16Chunk]);
+    }
+    y[n] = acc + (bias ? bias[n] : 0.0f);
+  }
+}
+
+void nf4_gemv_q16(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y) {
+  W.validate();
+  ECOM_CHECK_ARG(M > 0, "nf4 gemv_q16: x has no rows");
+  ECOM_CHECK_ARG(nf4_gemv_q16_supported(W), "nf4 gemv_q16: needs in_features and blocksize to be multiples of ",
+                 kQ16Chunk, " and code values in [-1, 1]; got in_features ", W.cols, ", blocksize ", W.blocksize);
+  const int64_t K = W.cols, N = W.rows;
+  int16_t table[16];
+  for (int c = 0; c < 16; ++c) table[c] = static_cast<int16_t>(std::lrint(W.code[c] * kQ16CodeScale));
+  const Q16RowsKernel kernel = simd_level() >= SimdLevel::AVX2 ? gemv_q16_rows_avx2 : gemv_q16_rows_scalar;
+  AlignedBuffer xq(sizeof(int16_t) * K), xscale(sizeof(float) * (K / kQ16Chunk));
+  for (int64_t m = 0; m < M; ++m) {
+    if (!quantize_activations(x + m * K, K, xq.as<int16_t>(), xscale.as<float>())) {
+      nf4_matmul(x + m * K, 1, W, bias, y + m * N);
+      continue;
+    }
+    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      kernel(W, table, xq.as<int16_t>(), xscale.as<float>(), bias, n0, n1, y + m * N);
+    });
+  }
+}
+
+}  // namespace ecomllm::quant
