@@ -94,7 +94,7 @@ void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64
 }  // namespace
 
 const NF4Kernels& nf4_kernels_scalar() {
-  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile};
+  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile, nullptr};
   return k;
 }
 

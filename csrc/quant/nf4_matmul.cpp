@@ -31,6 +31,17 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void gemv(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y) {
   const int64_t K = W.cols, N = W.rows;
+  if (kern.gemv_rows_grouped && nf4_gemv_grouped_supported(W)) {
+    AlignedBuffer grouped(sizeof(float) * K);
+    float* xg = grouped.as<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t g = 0; g < K; g += 128)
+        for (int64_t e = 0; e < 128; ++e) xg[g + gemv_group_position(e)] = x[m * K + g + e];
+      float* y_row = y + m * N;
+      parallel_for(0, N, 8, [&](int64_t n0, int64_t n1) { kern.gemv_rows_grouped(W, xg, bias, n0, n1, y_row); });
+    }
+    return;
+  }
   AlignedBuffer split(sizeof(float) * K);
   float* x_even = split.as<float>();
   float* x_odd = x_even + K / 2;

@@ -64,7 +64,20 @@ struct NF4Kernels {
   //   dx[i * ldx + k] (+)= sum_n dy[i * ldy + n] * w[n * ldw + k],  n in [0, nc)
   void (*gemm_t_tile)(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx,
                       int mv, int kv, bool accumulate);
+  // Optional (null where the level has none): y[n] = dot(W[n, :], x) (+ bias[n]) for n in [n0, n1)
+  // over 128-weight groups, x in group order (gemv_group_position). Needs nf4_gemv_grouped_supported(W).
+  void (*gemv_rows_grouped)(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1, float* y);
 };
+
+// The grouped M = 1 kernel reads a row as 64-byte groups of 128 weights whose halves of 64 each lie
+// in one absmax block: in_features % 128 == 0 and blocksize % 64 == 0.
+inline bool nf4_gemv_grouped_supported(const NF4Matrix& W) { return W.cols % 128 == 0 && W.blocksize % 64 == 0; }
+// Position of element e (0..127) of a group in the grouped kernel's x order: dword lane e / 8 of the
+// group's 64 bytes holds elements 8 (e / 8) .. + 7, and shifting it right by 4 j bits brings
+// element j ^ 1 of those 8 (high nibble first) to the low bits, so x vector j holds them.
+constexpr int64_t gemv_group_position(int64_t e) { return ((e % 8) ^ 1) * 16 + e / 8; }
+void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1,
+                              float* y);
 
 const NF4Kernels& nf4_kernels_scalar();
 const NF4Kernels& nf4_kernels_avx2();

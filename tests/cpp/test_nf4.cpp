@@ -241,7 +241,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{2, 1000, 64, 64, false}, Shape{17, 63, 65, 64, false}, Shape{63, 17, 1000, 64, true},
                       Shape{65, 3, 4097, 64, true}, Shape{1, 5, 4097, 64, false}, Shape{4, 33, 4096, 4096, true},
                       Shape{100, 100, 256, 128, true}, Shape{1000, 17, 3, 64, false}, Shape{5, 4097, 17, 32, true},
-                      Shape{130, 40, 384, 64, true}),  // 3 backward K chunks x 2 row blocks (2 threads)
+                      Shape{130, 40, 384, 64, true},  // 3 backward K chunks x 2 row blocks (2 threads)
+                      // the AVX-512 grouped GEMV: a partial scale segment (9 groups), blocks of two
+                      // groups, rows starting mid-block (384 % 256 != 0)
+                      Shape{1, 9, 1152, 64, true}, Shape{1, 11, 640, 128, true}, Shape{2, 7, 384, 256, false}),
     [](const ::testing::TestParamInfo<Shape>& info) {
       const Shape& s = info.param;
       return "M" + std::to_string(s.M) + "_N" + std::to_string(s.N) + "_K" + std::to_string(s.K) + "_bs" +
