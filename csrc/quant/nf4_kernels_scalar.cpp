@@ -71,12 +71,11 @@ void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, cons
   }
 }
 
-void gemm_tile(int64_t kc, const float* xp, const float* w, int64_t ldw, float* y, int64_t ldy, int mv, int nv,
-               bool accumulate) {
+void gemm_tile(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mv, int nv, bool accumulate) {
   for (int i = 0; i < mv; ++i)
     for (int j = 0; j < nv; ++j) {
       float s = 0.0f;
-      for (int64_t k = 0; k < kc; ++k) s += xp[k * kMR + i] * w[j * ldw + k];
+      for (int64_t k = 0; k < kc; ++k) s += xp[k * kMR + i] * wp[k * kNR + j];
       y[i * ldy + j] = accumulate ? y[i * ldy + j] + s : s;
     }
 }

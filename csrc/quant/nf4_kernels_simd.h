@@ -53,7 +53,7 @@ inline void interleave(const V* hi, const V* lo, V* out) {
   out[0].v = _mm512_permutex2var_ps(hi[0].v, first, lo[0].v);
   out[1].v = _mm512_permutex2var_ps(hi[0].v, second, lo[0].v);
 }
-constexpr int kGemmNR = 12;   // forward: 12 W rows x 2 vectors of x rows = 24 accumulators
+constexpr int kGemmMR = 12;   // forward: 12 x rows x 2 vectors of W rows (y columns) = 24 accumulators
 constexpr int kGemmTMR = 12;  // backward: 12 dy rows x 2 vectors of dx columns
 
 #elif defined(ECOM_SIMD_AVX2)
@@ -102,13 +102,13 @@ inline void interleave(const V* hi, const V* lo, V* out) {
     out[2 * d + 1].v = _mm256_permute2f128_ps(a, b, 0x31);
   }
 }
-constexpr int kGemmNR = 6;
+constexpr int kGemmMR = 6;
 constexpr int kGemmTMR = 6;
 #else
 #error "define ECOM_SIMD_AVX2 or ECOM_SIMD_AVX512 before including nf4_kernels_simd.h"
 #endif
 
-constexpr int kGemmMR = 2 * V::kLanes;   // forward micro-tile rows of x
+constexpr int kGemmNR = 2 * V::kLanes;   // forward micro-tile rows of W (columns of y)
 constexpr int kGemmTKR = 2 * V::kLanes;  // backward micro-tile columns of dx
 
 // out[i] = fp32 scale of block b0 + i for i < count (double quantization undone, rounding exactly
@@ -221,31 +221,45 @@ void dequant_tile(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_
   if (k_fast_end < k1) nf4_dequant_tile_generic(W, n0, n1, k_fast_end, k1, out + (k_fast_end - k0), ldo);
 }
 
-// ---- forward micro-kernel: y^T tile = W tile . x panel^T ------------------------------------
-void gemm_tile(int64_t kc, const float* xp, const float* w, int64_t ldw, float* y, int64_t ldy, int mv, int nv,
-               bool accumulate) {
-  V acc[kGemmNR][2];
-  for (int j = 0; j < kGemmNR; ++j) acc[j][0] = acc[j][1] = V::zero();
-  const float* wr[kGemmNR];
-  for (int j = 0; j < kGemmNR; ++j) wr[j] = w + j * ldw;
-  for (int64_t k = 0; k < kc; ++k) {
-    const V x0 = V::load(xp + k * kGemmMR), x1 = V::load(xp + k * kGemmMR + V::kLanes);
-#pragma GCC unroll 12
-    for (int j = 0; j < kGemmNR; ++j) {
-      const V b = V::set1(wr[j][k]);
-      acc[j][0] = fma(x0, b, acc[j][0]);
-      acc[j][1] = fma(x1, b, acc[j][1]);
+// ---- forward micro-kernel: y tile = x panel . W panel^T --------------------------------------
+// out[i * ldo + 0 .. kv) (+)= row i of acc for i < mv: the micro-tiles' write-back of rows of
+// 2 vectors (forward: a tile of y, backward: a tile of dx).
+inline void store_rows(const V (*acc)[2], int mv, int kv, float* out, int64_t ldo, bool accumulate) {
+  for (int i = 0; i < mv; ++i) {
+    float* o = out + i * ldo;
+    if (kv == 2 * V::kLanes) {
+      if (accumulate) {
+        add(acc[i][0], V::load(o)).store(o);
+        add(acc[i][1], V::load(o + V::kLanes)).store(o + V::kLanes);
+      } else {
+        acc[i][0].store(o);
+        acc[i][1].store(o + V::kLanes);
+      }
+    } else {
+      float row[2 * V::kLanes];
+      acc[i][0].store(row);
+      acc[i][1].store(row + V::kLanes);
+      for (int k = 0; k < kv; ++k) o[k] = accumulate ? o[k] + row[k] : row[k];
     }
   }
-  float column[kGemmMR];
-  for (int j = 0; j < nv; ++j) {
-    acc[j][0].store(column);
-    acc[j][1].store(column + V::kLanes);
-    if (accumulate)
-      for (int i = 0; i < mv; ++i) y[i * ldy + j] += column[i];
-    else
-      for (int i = 0; i < mv; ++i) y[i * ldy + j] = column[i];
+}
+
+// Forward: y[i, j] (+)= sum_k xp[k, i] wp[k, j]. Vectors run along j (W rows = y columns), so the
+// tile is written back as contiguous rows of y; x values are broadcast.
+void gemm_tile(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mv, int nv, bool accumulate) {
+  V acc[kGemmMR][2];
+  for (int i = 0; i < kGemmMR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    const V w0 = V::load(wp + k * kGemmNR), w1 = V::load(wp + k * kGemmNR + V::kLanes);
+    const float* xk = xp + k * kGemmMR;
+#pragma GCC unroll 12
+    for (int i = 0; i < kGemmMR; ++i) {
+      const V b = V::set1(xk[i]);
+      acc[i][0] = fma(w0, b, acc[i][0]);
+      acc[i][1] = fma(w1, b, acc[i][1]);
+    }
   }
+  store_rows(acc, mv, nv, y, ldy, accumulate);
 }
 
 // ---- backward micro-kernel: dx tile = dy rows . W tile --------------------------------------
@@ -266,23 +280,7 @@ void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64
       acc[i][1] = fma(w1, b, acc[i][1]);
     }
   }
-  for (int i = 0; i < mv; ++i) {
-    float* out = dx + i * ldx;
-    if (kv == kGemmTKR) {
-      if (accumulate) {
-        add(acc[i][0], V::load(out)).store(out);
-        add(acc[i][1], V::load(out + V::kLanes)).store(out + V::kLanes);
-      } else {
-        acc[i][0].store(out);
-        acc[i][1].store(out + V::kLanes);
-      }
-    } else {
-      float row[kGemmTKR];
-      acc[i][0].store(row);
-      acc[i][1].store(row + V::kLanes);
-      for (int k = 0; k < kv; ++k) out[k] = accumulate ? out[k] + row[k] : row[k];
-    }
-  }
+  store_rows(acc, mv, kv, dx, ldx, accumulate);
 }
 
 }  // namespace

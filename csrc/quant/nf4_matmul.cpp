@@ -18,8 +18,9 @@ namespace {
 // the tiled GEMM (W decoded once per tile into a cache-resident buffer) wins.
 constexpr int64_t kGemvMaxRows = 3;
 constexpr int64_t kForwardKC = 2048;  // K chunk of a forward W tile: NR x 2048 fp32 stays in L2
-// W tiles decoded together (4 x 6 x 2048 fp32 = 192 KiB at most, in L2). Measured on Zen 3, M = 128
-// and 1024: 2-5% faster than one tile at a time; 8 no better than 4.
+// W tiles decoded together (4 x NR x 2048 fp32: 512 KiB at most with AVX2's NR = 16, 1 MiB with
+// AVX-512's 32, in L2). Measured on Zen 3, M = 128 and 1024: 2-5% faster than one tile at a time;
+// 8 no better than 4. On Sapphire Rapids (NR = 32) 2 tiles were 5-10% slower than 4.
 constexpr int64_t kForwardGroupTiles = 4;
 // Backward W tile [kBackwardNC x kBackwardKW] fp32 = 128 KiB, in L2. Measured on Zen 3 (M = 1024,
 // N, K in {256, 768, 2048}): 256 x 128 is 4-11% faster than 128 x 256; 512 or 1024 rows, no better.
@@ -117,6 +118,16 @@ struct BF16Source {
   }
 };
 
+// panel[k * nr + j] = rows[j * ld + k] for j < nr, k < kc: a tile of nr rows of W in the forward
+// micro-kernel's packed layout, its vector loads per k one contiguous stream. The micro-kernel
+// keeps vectors along W rows so that a tile of y is written back as whole vector rows; with
+// vectors along x rows it was written back one float at a time, transposed. Measured at M = 1024
+// on Sapphire Rapids (AVX-512, 2 threads): 236-291 -> 314-351 GFLOP/s (of a 492 FMA peak).
+void pack_panel(const float* rows, int64_t ld, int64_t nr, int64_t kc, float* panel) {
+  for (int64_t k = 0; k < kc; ++k)
+    for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = rows[j * ld + k];
+}
+
 // y[M, N] = x[M, K] W^T (+ bias) for a tile source over W[N, K].
 template <typename Source>
 void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t K, const Source& src,
@@ -124,7 +135,7 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   const int64_t MR = kern.gemm_mr, NR = kern.gemm_nr, KC = std::min(K, kForwardKC);
   const int64_t panels = (M + MR - 1) / MR;
 
-  // x packed as panels [panels][K][MR]: the micro-kernel loads MR consecutive x rows per k. The
+  // x packed as panels [panels][K][MR]: the micro-kernel broadcasts MR consecutive x rows per k. The
   // buffer (MiBs in training) is kept per calling thread: a fresh one each call page-faulted.
   thread_local AlignedBuffer packed_x;
   const size_t packed_bytes = sizeof(float) * static_cast<size_t>(panels * K * MR);
@@ -152,25 +163,25 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   const int64_t tiles = (N + NR - 1) / NR;
   const int64_t G = kForwardGroupTiles;
   parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {  // contiguous tile ranges: balanced to a tile
-    AlignedBuffer group_buf(sizeof(float) * G * NR * KC, /*zero=*/true);
-    const float* wt[kForwardGroupTiles];
-    int64_t ldw[kForwardGroupTiles];
+    // rows: one tile as the source gives it ([NR][KC]); group: the G tiles packed [KC][NR] each.
+    AlignedBuffer rows_buf(sizeof(float) * NR * KC, /*zero=*/true), group_buf(sizeof(float) * G * NR * KC);
     for (int64_t t_begin = t0; t_begin < t1; t_begin += G) {
       const int64_t t_end = std::min(t1, t_begin + G);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = std::min(KC, K - k0);
         for (int64_t t = t_begin; t < t_end; ++t) {
           const int64_t n0 = t * NR, nv = std::min(NR, N - n0);
-          wt[t - t_begin] = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc,
-                                     group_buf.as<float>() + (t - t_begin) * NR * KC, KC, &ldw[t - t_begin]);
+          int64_t ld = 0;
+          const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
+          pack_panel(rows, ld, NR, kc, group_buf.as<float>() + (t - t_begin) * NR * KC);
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;
           const int mv = static_cast<int>(std::min(MR, M - m0));
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t n0 = t * NR;
-            kern.gemm_tile(kc, xp + (p * K + k0) * MR, wt[t - t_begin], ldw[t - t_begin], y + m0 * N + n0, N, mv,
-                           static_cast<int>(std::min(NR, N - n0)), k0 > 0);
+            kern.gemm_tile(kc, xp + (p * K + k0) * MR, group_buf.as<float>() + (t - t_begin) * NR * KC, y + m0 * N + n0,
+                           N, mv, static_cast<int>(std::min(NR, N - n0)), k0 > 0);
           }
         }
       }

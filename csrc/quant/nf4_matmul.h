@@ -56,9 +56,10 @@ struct NF4Kernels {
   // out[(n - n0) * ldo + (k - k0)] = dequant(W)[n, k] for n in [n0, n1), k in [k0, k1).
   void (*dequant_tile)(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out, int64_t ldo);
   // Forward micro-kernel: for i < mv, j < nv:
-  //   y[i * ldy + j] (+)= sum_k xp[k * gemm_mr + i] * w[j * ldw + k],  k in [0, kc)
-  // xp is a packed x panel [kc][gemm_mr] (zero-padded rows), w holds gemm_nr rows (zero-padded).
-  void (*gemm_tile)(int64_t kc, const float* xp, const float* w, int64_t ldw, float* y, int64_t ldy, int mv, int nv,
+  //   y[i * ldy + j] (+)= sum_k xp[k * gemm_mr + i] * wp[k * gemm_nr + j],  k in [0, kc)
+  // xp is a packed x panel [kc][gemm_mr] (zero-padded rows), wp a packed W panel [kc][gemm_nr]
+  // (gemm_nr rows of W side by side per k, zero-padded): both are read as one contiguous stream.
+  void (*gemm_tile)(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mv, int nv,
                     bool accumulate);
   // Backward micro-kernel: for i < mv, k < kv:
   //   dx[i * ldx + k] (+)= sum_n dy[i * ldy + n] * w[n * ldw + k],  n in [0, nc)
