@@ -173,19 +173,20 @@ int64_t Linear::weight_nbytes() const {
   return n;
 }
 
-// y[N, out] = x[N, in] W^T.
-void Linear::base_forward(float* y, const float* x, int64_t N) const {
+// y[N, out] = x[N, in] W^T (+ extra).
+bool Linear::base_forward(float* y, const float* x, int64_t N, const quant::LowRankOutput* extra) const {
   switch (format_) {
     case WeightFormat::F32:
-      if (N >= kTiledMinRows)
-        quant::f32_matmul(x, N, w_f32_->as<float>(), out_, in_, y);
-      else
-        sgemm(false, true, N, out_, in_, x, w_f32_->as<float>(), y, false);
+      if (N >= kTiledMinRows) {
+        quant::f32_matmul(x, N, w_f32_->as<float>(), out_, in_, y, extra);
+        return true;
+      }
+      sgemm(false, true, N, out_, in_, x, w_f32_->as<float>(), y, false);
       break;
     case WeightFormat::BF16: {
       if (N >= kTiledMinRows) {
-        quant::bf16_matmul(x, N, w_bf16_.as<uint16_t>(), out_, in_, y);
-        break;
+        quant::bf16_matmul(x, N, w_bf16_.as<uint16_t>(), out_, in_, y, extra);
+        return true;
       }
       // Row panels of W [P, in] widened to fp32 per thread; y[:, j0:j0+P] = x W_panel^T.
       const int64_t P = panel_units(out_, in_, 8), npanels = (out_ + P - 1) / P;
@@ -203,9 +204,10 @@ void Linear::base_forward(float* y, const float* x, int64_t N) const {
       break;
     }
     case WeightFormat::NF4:
-      quant::nf4_matmul(x, N, nf4_->view(), nullptr, y);
-      break;
+      quant::nf4_matmul(x, N, nf4_->view(), nullptr, y, extra);
+      return true;
   }
+  return false;
 }
 
 // dx[N, in] += dy[N, out] W.
@@ -376,9 +378,11 @@ void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_
   require_weight();
   ECOM_CHECK_ARG(N >= 0, "Linear.forward: N must be non-negative, got ", N);
   if (N == 0) return;
-  base_forward(y, x, N);
   const LoraAdapter* ad = active_lora();
-  if (!ad) return;
+  if (!ad) {
+    base_forward(y, x, N);
+    return;
+  }
   const int64_t R = ad->spec.r;
   AlignedBuffer xd;
   const float* xin;
@@ -388,8 +392,11 @@ void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_
   AlignedBuffer& u = save ? ad->saved_u : local;
   if (static_cast<int64_t>(u.size()) < N * R * 4) u = floats(N * R);
   if (save) ad->saved_x = nullptr;  // invalid until u holds this call's values
-  sgemm(false, true, N, R, in_, xin, ad->a(), u.as<float>(), false);                           // u[N, R] = xin A^T
-  sgemm(false, true, N, out_, R, ad->scale, u.as<float>(), R, ad->b(), R, 1.0f, y, out_);  // y += scale u B^T
+  sgemm(false, true, N, R, in_, xin, ad->a(), u.as<float>(), false);  // u[N, R] = xin A^T
+  // y = x W^T + scale u B^T, in one pass over y where the base product runs on the tiled drivers
+  const quant::LowRankOutput lora_term{u.as<float>(), ad->b(), R, ad->scale};
+  if (!base_forward(y, x, N, &lora_term))
+    sgemm(false, true, N, out_, R, ad->scale, u.as<float>(), R, ad->b(), R, 1.0f, y, out_);
   if (save) {
     ad->saved_x = x;
     ad->saved_n = N;

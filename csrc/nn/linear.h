@@ -120,7 +120,9 @@ class Linear {
  private:
   const LoraAdapter* active_lora() const;  // the adapter forward uses (null when none or merged)
   void require_weight() const;
-  void base_forward(float* y, const float* x, int64_t N) const;        // y = x W^T
+  // y = x W^T (+ extra's low-rank term). True when extra was applied (the tiled drivers); false
+  // leaves it to the caller (few rows: BLAS).
+  bool base_forward(float* y, const float* x, int64_t N, const quant::LowRankOutput* extra = nullptr) const;
   // dx += dy W, and + extra's g A in the same pass when the product runs on the tiled drivers:
   // returns whether extra was applied (callers add it themselves otherwise).
   bool base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra = nullptr) const;

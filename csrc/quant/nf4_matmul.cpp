@@ -127,11 +127,52 @@ void pack_panel(const float* rows, int64_t ld, int64_t nr, int64_t kc, float* pa
   for (int64_t k = 0; k < kc; ++k)
     for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = rows[j * ld + k];
 }
+// The same for a tile of only nv <= nr readable rows: rows nv .. nr of the panel are zero.
+void pack_panel(const float* rows, int64_t ld, int64_t nv, int64_t nr, int64_t kc, float* panel) {
+  for (int64_t k = 0; k < kc; ++k)
+    for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = j < nv ? rows[j * ld + k] : 0.0f;
+}
+
+// x[M, K] -> panels [ceil(M / mr)][K][mr] (rows past M zero), in parallel over panels.
+void pack_x_panels(const float* x, int64_t M, int64_t K, int64_t mr, float* xp) {
+  const int64_t panels = (M + mr - 1) / mr;
+  parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* dst = xp + p * K * mr;
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t m = p * mr + i;
+        if (m < M) {
+          const float* src_row = x + m * K;
+          for (int64_t k = 0; k < K; ++k) dst[k * mr + i] = src_row[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) dst[k * mr + i] = 0.0f;
+        }
+      }
+    }
+  });
+}
+
+void check_low_rank(const LowRankOutput& e) {
+  ECOM_CHECK_ARG(e.u && e.b && e.r > 0, "matmul: incomplete low-rank term (r = ", e.r, ")");
+}
+
+// y[m, n] += scale * sum_j u[m, j] b[n, j]: the low-rank term where no tiled driver runs (GEMV).
+void add_low_rank_rows(const LowRankOutput& e, int64_t M, int64_t N, float* y) {
+  parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = n0; n < n1; ++n) {
+        float s = 0.0f;
+        for (int64_t j = 0; j < e.r; ++j) s += e.u[m * e.r + j] * e.b[n * e.r + j];
+        y[m * N + n] += e.scale * s;
+      }
+  });
+}
 
 // y[M, N] = x[M, K] W^T (+ bias) for a tile source over W[N, K].
 template <typename Source>
 void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t K, const Source& src,
-          const float* bias, float* y) {
+          const float* bias, float* y, const LowRankOutput* extra) {
+  if (extra) check_low_rank(*extra);
   const int64_t MR = kern.gemm_mr, NR = kern.gemm_nr, KC = std::min(K, kForwardKC);
   const int64_t panels = (M + MR - 1) / MR;
 
@@ -141,20 +182,17 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   const size_t packed_bytes = sizeof(float) * static_cast<size_t>(panels * K * MR);
   if (packed_x.size() < packed_bytes) packed_x = AlignedBuffer(packed_bytes);
   float* xp = packed_x.as<float>();
-  parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      float* dst = xp + p * K * MR;
-      for (int64_t i = 0; i < MR; ++i) {
-        const int64_t m = p * MR + i;
-        if (m < M) {
-          const float* src_row = x + m * K;
-          for (int64_t k = 0; k < K; ++k) dst[k * MR + i] = src_row[k];
-        } else {
-          for (int64_t k = 0; k < K; ++k) dst[k * MR + i] = 0.0f;
-        }
-      }
-    }
-  });
+  pack_x_panels(x, M, K, MR, xp);
+
+  // The low-rank term's u packed like x ([panels][r][MR]): its r steps follow each tile's K steps.
+  const int64_t r = extra ? extra->r : 0;
+  thread_local AlignedBuffer packed_u;
+  if (extra) {
+    const size_t u_bytes = sizeof(float) * static_cast<size_t>(panels * r * MR);
+    if (packed_u.size() < u_bytes) packed_u = AlignedBuffer(u_bytes);
+    pack_x_panels(extra->u, M, r, MR, packed_u.as<float>());
+  }
+  const float* up = packed_u.as<float>();
 
   // W is walked in groups of G tiles (NR rows each), decoded together into a per-thread buffer
   // [G * NR][KC] that stays in L2. Each packed x panel is then used by all G tiles before the next
@@ -165,6 +203,7 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {  // contiguous tile ranges: balanced to a tile
     // rows: one tile as the source gives it ([NR][KC]); group: the G tiles packed [KC][NR] each.
     AlignedBuffer rows_buf(sizeof(float) * NR * KC, /*zero=*/true), group_buf(sizeof(float) * G * NR * KC);
+    AlignedBuffer low_rank_buf(sizeof(float) * G * NR * std::max<int64_t>(r, 1));  // [G][r][NR]
     for (int64_t t_begin = t0; t_begin < t1; t_begin += G) {
       const int64_t t_end = std::min(t1, t_begin + G);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -182,6 +221,23 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
             const int64_t n0 = t * NR;
             kern.gemm_tile(kc, xp + (p * K + k0) * MR, group_buf.as<float>() + (t - t_begin) * NR * KC, y + m0 * N + n0,
                            N, mv, static_cast<int>(std::min(NR, N - n0)), k0 > 0);
+          }
+        }
+      }
+      if (extra) {  // y tiles += u (scale b)^T, r more reduction steps per tile
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          const int64_t n0 = t * NR, nv = std::min(NR, N - n0);
+          float* panel = low_rank_buf.as<float>() + (t - t_begin) * NR * r;
+          pack_panel(extra->b + n0 * r, r, nv, NR, r, panel);
+          for (int64_t i = 0; i < NR * r; ++i) panel[i] *= extra->scale;
+        }
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t m0 = p * MR;
+          const int mv = static_cast<int>(std::min(MR, M - m0));
+          for (int64_t t = t_begin; t < t_end; ++t) {
+            const int64_t n0 = t * NR;
+            kern.gemm_tile(r, up + p * r * MR, low_rank_buf.as<float>() + (t - t_begin) * NR * r, y + m0 * N + n0, N,
+                           mv, static_cast<int>(std::min(NR, N - n0)), /*accumulate=*/true);
           }
         }
       }
@@ -259,14 +315,20 @@ const NF4Kernels& nf4_kernels() {
   }
 }
 
-void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y) {
+void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
+                const LowRankOutput* extra) {
   W.validate();
   ECOM_CHECK_ARG(M > 0, "nf4 matmul: x has no rows");
   const NF4Kernels& kern = nf4_kernels();
-  if (M <= kGemvMaxRows && W.rows_group_aligned())
+  if (M <= kGemvMaxRows && W.rows_group_aligned()) {
     gemv(kern, x, M, W, bias, y);
-  else
-    gemm(kern, x, M, W.rows, W.cols, NF4Source{kern, W}, bias, y);
+    if (extra) {
+      check_low_rank(*extra);
+      add_low_rank_rows(*extra, M, W.rows, y);
+    }
+  } else {
+    gemm(kern, x, M, W.rows, W.cols, NF4Source{kern, W}, bias, y, extra);
+  }
 }
 
 void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate,
@@ -284,9 +346,10 @@ void check_dense(const void* W, int64_t M, int64_t N, int64_t K, const char* wha
 }
 }  // namespace
 
-void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y) {
+void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y,
+                const LowRankOutput* extra) {
   check_dense(W, M, N, K, "f32 matmul");
-  gemm(nf4_kernels(), x, M, N, K, F32Source{W, N, K, true}, nullptr, y);
+  gemm(nf4_kernels(), x, M, N, K, F32Source{W, N, K, true}, nullptr, y, extra);
 }
 
 void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate,
@@ -295,9 +358,10 @@ void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t
   gemm_t(nf4_kernels(), dy, M, N, K, F32Source{W, N, K, false}, dx, accumulate, extra);
 }
 
-void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y) {
+void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y,
+                 const LowRankOutput* extra) {
   check_dense(W, M, N, K, "bf16 matmul");
-  gemm(nf4_kernels(), x, M, N, K, BF16Source{W, N, K}, nullptr, y);
+  gemm(nf4_kernels(), x, M, N, K, BF16Source{W, N, K}, nullptr, y, extra);
 }
 
 void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate,

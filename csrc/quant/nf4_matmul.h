@@ -86,8 +86,21 @@ const NF4Kernels& nf4_kernels_avx512();
 // The kernels of the active SIMD level.
 const NF4Kernels& nf4_kernels();
 
-// y[M, N] = x[M, K] @ dequant(W)^T + bias (bias may be null). x, y fp32 row-major.
-void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y);
+// A low-rank term the forward products add in the same pass over y: y += scale * u b^T with
+// u[M, r] and b[N, r] fp32 row-major (LoRA's scale * (x A^T) B^T, u = x A^T), instead of a
+// separate thin GEMM that reads and writes all of y again. The tiled drivers treat it as r more
+// reduction steps per tile of y, run while the tile is still in cache.
+struct LowRankOutput {
+  const float* u = nullptr;
+  const float* b = nullptr;
+  int64_t r = 0;
+  float scale = 1.0f;
+};
+
+// y[M, N] = x[M, K] @ dequant(W)^T + bias (+ extra's term; bias and extra may be null). x, y fp32
+// row-major.
+void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
+                const LowRankOutput* extra = nullptr);
 // A low-rank term the backward products can add in the same pass over dx: dx += g A with
 // g[M, r] and A[r, K] fp32 row-major (LoRA's input gradient), instead of a separate GEMM that
 // reads and writes all of dx again.
@@ -105,10 +118,12 @@ void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, boo
 // micro-kernels: fp32 tiles are read in place, bf16 tiles widened per tile. For M in the tens and
 // up (training, prefill); below that BLAS gemv is the better call.
 //   y[M, N] = x[M, K] W^T          dx[M, K] (+)= dy[M, N] W
-void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y);
+void f32_matmul(const float* x, int64_t M, const float* W, int64_t N, int64_t K, float* y,
+                const LowRankOutput* extra = nullptr);
 void f32_matmul_t(const float* dy, int64_t M, const float* W, int64_t N, int64_t K, float* dx, bool accumulate,
                   const LowRankTerm* extra = nullptr);
-void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y);
+void bf16_matmul(const float* x, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* y,
+                 const LowRankOutput* extra = nullptr);
 void bf16_matmul_t(const float* dy, int64_t M, const uint16_t* W, int64_t N, int64_t K, float* dx, bool accumulate,
                    const LowRankTerm* extra = nullptr);
 

@@ -232,6 +232,18 @@ TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
     const LowRankTerm term{g.data(), a.data(), r};
     nf4_matmul_t(dy.data(), s.M, w.m, dx_lr.data(), /*accumulate=*/false, &term);
     EXPECT_LE(rel_err(dx_lr, dx_lr_ref), 1e-5) << simd_level_name(level) << " backward + low-rank term";
+    // and in the forward: y = x W^T + bias + scale u b^T (LoRA's output term), u [M, 5], b [N, 5];
+    // GEMV rows (M <= 3) and tiled rows both, edge tiles included
+    const std::vector<float> u = random_normal(s.M * r, 29), b = random_normal(s.N * r, 31);
+    const float scale = 0.75f;
+    std::vector<double> y_lr_ref(y_ref);
+    for (int64_t m = 0; m < s.M; ++m)
+      for (int64_t n = 0; n < s.N; ++n)
+        for (int64_t j = 0; j < r; ++j) y_lr_ref[m * s.N + n] += scale * static_cast<double>(u[m * r + j]) * b[n * r + j];
+    std::vector<float> y_lr(s.M * s.N, NAN);
+    const LowRankOutput out_term{u.data(), b.data(), r, scale};
+    nf4_matmul(x.data(), s.M, w.m, bias.data(), y_lr.data(), &out_term);
+    EXPECT_LE(rel_err(y_lr, y_lr_ref), 1e-5) << simd_level_name(level) << " forward + low-rank term";
   }
 }
 
@@ -354,6 +366,16 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
           const LowRankTerm term{g.data(), a.data(), r};
           f32_matmul_t(dy.data(), s.M, w.data(), s.N, s.K, both.data(), /*accumulate=*/false, &term);
           EXPECT_LE(rel_err(both, both_ref), 1e-5) << what << " backward + low-rank term";
+          // the forward's low-rank term, rank 300 too: y = x W^T + 0.5 u b^T
+          const std::vector<float> u = random_normal(s.M * r, 37), b = random_normal(s.N * r, 41);
+          std::vector<double> y_lr_ref(y_ref);
+          for (int64_t m = 0; m < s.M; ++m)
+            for (int64_t n = 0; n < s.N; ++n)
+              for (int64_t j = 0; j < r; ++j) y_lr_ref[m * s.N + n] += 0.5 * u[m * r + j] * static_cast<double>(b[n * r + j]);
+          std::vector<float> y_lr(s.M * s.N, NAN);
+          const LowRankOutput out_term{u.data(), b.data(), r, 0.5f};
+          f32_matmul(x.data(), s.M, w.data(), s.N, s.K, y_lr.data(), &out_term);
+          EXPECT_LE(rel_err(y_lr, y_lr_ref), 1e-5) << what << " forward + low-rank term";
         } else {
           bf16_matmul(x.data(), s.M, w16.data(), s.N, s.K, y.data());
           bf16_matmul_t(dy.data(), s.M, w16.data(), s.N, s.K, dx.data(), /*accumulate=*/true);
