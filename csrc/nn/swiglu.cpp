@@ -18,9 +18,11 @@ constexpr int64_t kGrain = 16384;
 
 void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
   ECOM_CHECK_ARG(n >= 0, "swiglu: negative size ", n);
-  const bool avx2 = simd_level() >= SimdLevel::AVX2;
+  const SimdLevel level = simd_level();
   parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-    if (avx2)
+    if (level >= SimdLevel::AVX512)
+      swiglu_forward_range_avx512(h, g, u, i0, i1);
+    else if (level >= SimdLevel::AVX2)
       swiglu_forward_range_avx2(h, g, u, i0, i1);
     else
       swiglu_detail::forward_range(h, g, u, i0, i1);
@@ -29,9 +31,11 @@ void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
 
 void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n) {
   ECOM_CHECK_ARG(n >= 0, "swiglu: negative size ", n);
-  const bool avx2 = simd_level() >= SimdLevel::AVX2;
+  const SimdLevel level = simd_level();
   parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-    if (avx2)
+    if (level >= SimdLevel::AVX512)
+      swiglu_backward_range_avx512(dg, du, dh, g, u, i0, i1);
+    else if (level >= SimdLevel::AVX2)
       swiglu_backward_range_avx2(dg, du, dh, g, u, i0, i1);
     else
       swiglu_detail::backward_range(dg, du, dh, g, u, i0, i1);

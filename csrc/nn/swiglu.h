@@ -10,9 +10,13 @@ void swiglu_forward(float* h, const float* g, const float* u, int64_t n);
 // dg[n] += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  du[n] += dh * silu(g).
 void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n);
 
-// Elements [i0, i1) of the two, built for AVX2 + FMA (swiglu_avx2.cpp; only called on such CPUs).
+// Elements [i0, i1) of the two, built for AVX2 + FMA and for AVX-512 (swiglu_avx2.cpp,
+// swiglu_avx512.cpp; only called on such CPUs).
 void swiglu_forward_range_avx2(float* h, const float* g, const float* u, int64_t i0, int64_t i1);
 void swiglu_backward_range_avx2(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0,
                                 int64_t i1);
+void swiglu_forward_range_avx512(float* h, const float* g, const float* u, int64_t i0, int64_t i1);
+void swiglu_backward_range_avx512(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0,
+                                  int64_t i1);
 
 }  // namespace ecomllm::nn

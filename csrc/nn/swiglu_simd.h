@@ -1,0 +1,107 @@
+// SwiGLU element loops written with explicit intrinsics over a small vector type, compiled twice:
+// swiglu_avx2.cpp (-mavx2 -mfma) and swiglu_avx512.cpp (-mavx512f ...). Define ECOM_SIMD_AVX2 or
+// ECOM_SIMD_AVX512 before including.
+//
+// Why not GCC's auto-vectorisation of swiglu_kernel.h: its code for exp_approx (clamps turned into
+// blends after the polynomial, constants spilled) ran at ~8 cycles per element on Sapphire Rapids,
+// ten times these loops (a 2M-element forward: 5.8 ms -> ~0.6 ms on 2 threads). The arithmetic is
+// exp_approx's, step for step, so results agree with the scalar build to an ulp or two.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "nn/swiglu_kernel.h"
+
+namespace ecomllm::nn::swiglu_simd {
+namespace {  // internal linkage: one build per instruction set
+
+#if defined(ECOM_SIMD_AVX512)
+struct V {
+  static constexpr int kLanes = 16;
+  __m512 v;
+};
+inline V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline void store(float* p, V a) { _mm512_storeu_ps(p, a.v); }
+inline V set1(float f) { return {_mm512_set1_ps(f)}; }
+inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline V sub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline V div(V a, V b) { return {_mm512_div_ps(a.v, b.v)}; }
+inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }   // a b + c
+inline V fnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a b
+inline V clamp(V x, float lo, float hi) { return {_mm512_max_ps(_mm512_min_ps(x.v, _mm512_set1_ps(hi)), _mm512_set1_ps(lo))}; }
+// 2^n for the integer n held in the float t = n + 1.5 * 2^23 (exp_approx's magic sum).
+inline V pow2_of_magic(V t) {
+  const __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t.v), _mm512_set1_epi32(0x4B400000));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23))};
+}
+#elif defined(ECOM_SIMD_AVX2)
+struct V {
+  static constexpr int kLanes = 8;
+  __m256 v;
+};
+inline V load(const float* p) { return {_mm256_loadu_ps(p)}; }
+inline void store(float* p, V a) { _mm256_storeu_ps(p, a.v); }
+inline V set1(float f) { return {_mm256_set1_ps(f)}; }
+inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline V sub(V a, V b) { return {_mm256_sub_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline V div(V a, V b) { return {_mm256_div_ps(a.v, b.v)}; }
+inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline V fnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
+inline V clamp(V x, float lo, float hi) { return {_mm256_max_ps(_mm256_min_ps(x.v, _mm256_set1_ps(hi)), _mm256_set1_ps(lo))}; }
+inline V pow2_of_magic(V t) {
+  const __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t.v), _mm256_set1_epi32(0x4B400000));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23))};
+}
+#else
+#error "define ECOM_SIMD_AVX2 or ECOM_SIMD_AVX512 before including swiglu_simd.h"
+#endif
+
+// exp_approx (nn_math.h) lane-wise.
+inline V exp_v(V x) {
+  x = clamp(x, -87.0f, 88.0f);
+  const V magic = set1(12582912.0f);
+  const V t = fma(x, set1(1.44269504088896341f), magic);
+  const V n = sub(t, magic);
+  V r = fnma(n, set1(0.693359375f), x);
+  r = fnma(n, set1(-2.12194440e-4f), r);
+  V p = set1(1.9875691500e-4f);
+  p = fma(p, r, set1(1.3981999507e-3f));
+  p = fma(p, r, set1(8.3334519073e-3f));
+  p = fma(p, r, set1(4.1665795894e-2f));
+  p = fma(p, r, set1(1.6666665459e-1f));
+  p = fma(p, r, set1(5.0000001201e-1f));
+  p = add(fma(mul(p, r), r, r), set1(1.0f));
+  return mul(p, pow2_of_magic(t));
+}
+
+inline V sigmoid_v(V g) { return div(set1(1.0f), add(set1(1.0f), exp_v(sub(set1(0.0f), g)))); }
+
+// Elements [i0, i1) of swiglu_forward / swiglu_backward (swiglu.h); the tail runs the scalar loop.
+void forward_range(float* h, const float* g, const float* u, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + V::kLanes <= i1; i += V::kLanes) {
+    const V gv = load(g + i);
+    store(h + i, mul(mul(gv, sigmoid_v(gv)), load(u + i)));
+  }
+  swiglu_detail::forward_range(h, g, u, i, i1);
+}
+
+void backward_range(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + V::kLanes <= i1; i += V::kLanes) {
+    const V gv = load(g + i), dhv = load(dh + i);
+    const V s = sigmoid_v(gv);
+    const V silu = mul(gv, s);
+    const V dsilu = fma(silu, sub(set1(1.0f), s), s);  // s + silu (1 - s)
+    store(dg + i, fma(mul(dhv, load(u + i)), dsilu, load(dg + i)));
+    store(du + i, fma(dhv, silu, load(du + i)));
+  }
+  swiglu_detail::backward_range(dg, du, dh, g, u, i, i1);
+}
+
+}  // namespace
+}  // namespace ecomllm::nn::swiglu_simd
