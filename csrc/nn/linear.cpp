@@ -210,19 +210,20 @@ bool Linear::base_forward(float* y, const float* x, int64_t N, const quant::LowR
   return false;
 }
 
-// dx[N, in] += dy[N, out] W.
-bool Linear::base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra) const {
+// dx[N, in] += dy[N, out] W (accumulate = false: dx = dy W).
+bool Linear::base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra,
+                           bool accumulate) const {
   switch (format_) {
     case WeightFormat::F32:
       if (N >= kTiledMinRows) {
-        quant::f32_matmul_t(dy, N, w_f32_->as<float>(), out_, in_, dx, /*accumulate=*/true, extra);
+        quant::f32_matmul_t(dy, N, w_f32_->as<float>(), out_, in_, dx, accumulate, extra);
         return true;
       }
-      sgemm(false, false, N, in_, out_, dy, w_f32_->as<float>(), dx, true);
+      sgemm(false, false, N, in_, out_, dy, w_f32_->as<float>(), dx, accumulate);
       break;
     case WeightFormat::BF16: {
       if (N >= kTiledMinRows) {
-        quant::bf16_matmul_t(dy, N, w_bf16_.as<uint16_t>(), out_, in_, dx, /*accumulate=*/true, extra);
+        quant::bf16_matmul_t(dy, N, w_bf16_.as<uint16_t>(), out_, in_, dx, accumulate, extra);
         return true;
       }
       // Column panels of W [out, Kp] widened to fp32 per thread; dx[:, k0:k0+Kp] += dy W_panel.
@@ -237,12 +238,13 @@ bool Linear::base_backward(float* dx, const float* dy, int64_t N, const quant::L
           },
           [&](int64_t p, int64_t n0, int64_t n1, const float* buf) {
             const int64_t k0 = p * Kp, kw = std::min(Kp, in_ - k0);
-            sgemm(false, false, n1 - n0, kw, out_, 1.0f, dy + n0 * out_, out_, buf, kw, 1.0f, dx + n0 * in_ + k0, in_);
+            sgemm(false, false, n1 - n0, kw, out_, 1.0f, dy + n0 * out_, out_, buf, kw, accumulate ? 1.0f : 0.0f,
+                  dx + n0 * in_ + k0, in_);
           });
       break;
     }
     case WeightFormat::NF4:
-      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, /*accumulate=*/true, extra);
+      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, accumulate, extra);
       return true;
   }
   return false;
@@ -404,14 +406,15 @@ void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_
   }
 }
 
-void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, bool training, uint64_t dropout_key) {
+void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, bool training, uint64_t dropout_key,
+                      bool accumulate_dx) {
   require_weight();
   ECOM_CHECK_ARG(N >= 0, "Linear.backward: N must be non-negative, got ", N);
   if (N == 0) return;
   if (trainable_ && dw_) sgemm(true, false, out_, in_, N, dy, x, dw_->as<float>(), true);  // dW += dy^T x
   const LoraAdapter* cad = active_lora();
   if (!cad) {
-    if (dx) base_backward(dx, dy, N);
+    if (dx) base_backward(dx, dy, N, nullptr, accumulate_dx);
     return;
   }
   LoraAdapter& ad = *adapters_.at(active_);
@@ -437,10 +440,11 @@ void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, boo
   if (xin == x) {
     // dx += dy W + g A, in one pass over dx where the base product runs on the tiled drivers
     const quant::LowRankTerm lora_term{g.as<float>(), ad.a(), R};
-    if (!base_backward(dx, dy, N, &lora_term)) sgemm(false, false, N, in_, R, g.as<float>(), ad.a(), dx, true);
+    if (!base_backward(dx, dy, N, &lora_term, accumulate_dx))
+      sgemm(false, false, N, in_, R, g.as<float>(), ad.a(), dx, true);
   } else {
     // dx += dy W + mask * s * (g A); the dropped input is no longer needed, so its storage holds g A.
-    base_backward(dx, dy, N);
+    base_backward(dx, dy, N, nullptr, accumulate_dx);
     float* t = xd.as<float>();
     sgemm(false, false, N, in_, R, g.as<float>(), ad.a(), t, false);
     const uint64_t stream = hash_stream(ad.spec.seed, dropout_key);

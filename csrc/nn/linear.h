@@ -105,8 +105,10 @@ class Linear {
   void forward(float* y, const float* x, int64_t N, bool training, uint64_t dropout_key,
                bool save_for_backward = false) const;
   // Accumulates: dx[N, in] += dy W + scale * mask((dy B) A); dA, dB of the active adapter; dW += dy^T x
-  // when the base is trainable F32. dx may be nullptr (no input gradient needed).
-  void backward(float* dx, const float* dy, const float* x, int64_t N, bool training, uint64_t dropout_key);
+  // when the base is trainable F32. dx may be nullptr (no input gradient needed). accumulate_dx =
+  // false overwrites dx instead (its old contents are never read: no need to zero it first).
+  void backward(float* dx, const float* dy, const float* x, int64_t N, bool training, uint64_t dropout_key,
+                bool accumulate_dx = true);
   void zero_grad();  // dW and the grads of every adapter
 
   // keep[N * in] = 1 where the active adapter's dropout keeps element (n, k) for this key, else 0
@@ -125,7 +127,8 @@ class Linear {
   bool base_forward(float* y, const float* x, int64_t N, const quant::LowRankOutput* extra = nullptr) const;
   // dx += dy W, and + extra's g A in the same pass when the product runs on the tiled drivers:
   // returns whether extra was applied (callers add it themselves otherwise).
-  bool base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra = nullptr) const;
+  bool base_backward(float* dx, const float* dy, int64_t N, const quant::LowRankTerm* extra = nullptr,
+                     bool accumulate = true) const;
   void lora_input(const LoraAdapter& ad, const float* x, int64_t N, bool training, uint64_t key,
                   AlignedBuffer& storage, const float*& xin) const;   // xin = dropout(x) or x
 

@@ -29,16 +29,17 @@ void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
   });
 }
 
-void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n) {
+void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
+                     bool accumulate) {
   ECOM_CHECK_ARG(n >= 0, "swiglu: negative size ", n);
   const SimdLevel level = simd_level();
   parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     if (level >= SimdLevel::AVX512)
-      swiglu_backward_range_avx512(dg, du, dh, g, u, i0, i1);
+      swiglu_backward_range_avx512(dg, du, dh, g, u, i0, i1, accumulate);
     else if (level >= SimdLevel::AVX2)
-      swiglu_backward_range_avx2(dg, du, dh, g, u, i0, i1);
+      swiglu_backward_range_avx2(dg, du, dh, g, u, i0, i1, accumulate);
     else
-      swiglu_detail::backward_range(dg, du, dh, g, u, i0, i1);
+      swiglu_detail::backward_range(dg, du, dh, g, u, i0, i1, accumulate);
   });
 }
 

@@ -14,8 +14,8 @@ void swiglu_forward_range_avx2(float* h, const float* g, const float* u, int64_t
 }
 
 void swiglu_backward_range_avx2(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0,
-                                int64_t i1) {
-  swiglu_simd::backward_range(dg, du, dh, g, u, i0, i1);
+                                int64_t i1, bool accumulate) {
+  swiglu_simd::backward_range(dg, du, dh, g, u, i0, i1, accumulate);
 }
 
 }  // namespace ecomllm::nn

@@ -19,12 +19,13 @@ inline void forward_range(float* h, const float* g, const float* u, int64_t i0, 
 }
 
 inline void backward_range(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0,
-                           int64_t i1) {
+                           int64_t i1, bool accumulate) {
   for (int64_t i = i0; i < i1; ++i) {
     const float s = sigmoid(g[i]);
     const float silu = g[i] * s;
-    dg[i] += dh[i] * u[i] * (s + silu * (1.0f - s));
-    du[i] += dh[i] * silu;
+    const float dgi = dh[i] * u[i] * (s + silu * (1.0f - s)), dui = dh[i] * silu;
+    dg[i] = accumulate ? dg[i] + dgi : dgi;
+    du[i] = accumulate ? du[i] + dui : dui;
   }
 }
 

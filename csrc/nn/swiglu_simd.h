@@ -90,17 +90,19 @@ void forward_range(float* h, const float* g, const float* u, int64_t i0, int64_t
   swiglu_detail::forward_range(h, g, u, i, i1);
 }
 
-void backward_range(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0, int64_t i1) {
+void backward_range(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t i0, int64_t i1,
+                    bool accumulate) {
   int64_t i = i0;
   for (; i + V::kLanes <= i1; i += V::kLanes) {
     const V gv = load(g + i), dhv = load(dh + i);
     const V s = sigmoid_v(gv);
     const V silu = mul(gv, s);
     const V dsilu = fma(silu, sub(set1(1.0f), s), s);  // s + silu (1 - s)
-    store(dg + i, fma(mul(dhv, load(u + i)), dsilu, load(dg + i)));
-    store(du + i, fma(dhv, silu, load(du + i)));
+    const V dgv = mul(mul(dhv, load(u + i)), dsilu), duv = mul(dhv, silu);
+    store(dg + i, accumulate ? add(dgv, load(dg + i)) : dgv);
+    store(du + i, accumulate ? add(duv, load(du + i)) : duv);
   }
-  swiglu_detail::backward_range(dg, du, dh, g, u, i, i1);
+  swiglu_detail::backward_range(dg, du, dh, g, u, i, i1, accumulate);
 }
 
 }  // namespace

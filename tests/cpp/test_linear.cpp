@@ -2,6 +2,7 @@
 // in tests/python/test_linear_lora.py and test_adamw.py). Tolerance: 1e-4 relative (fp32 sums).
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -123,6 +124,38 @@ TEST(Linear, F32ForwardBackwardWithLora) {
   EXPECT_EQ(params[2].name, "model.q_proj.weight");
   lin.zero_grad();
   EXPECT_EQ(grad_norm(params), 0.0);
+}
+
+// backward(..., accumulate_dx = false) overwrites dx (its NaNs are never read) and equals
+// accumulating into zeros, for every base format, with and without the LoRA term, on the BLAS
+// path (few rows) and the tiled drivers.
+TEST(Linear, BackwardOverwritesDxWhenNotAccumulating) {
+  const int64_t in = 128, out = 40;
+  auto w = randn(in * out, 11);
+  for (int format = 0; format < 3; ++format)
+    for (bool lora : {false, true})
+      for (int64_t N : {5, 37}) {
+        Linear lin(in, out);
+        if (format == 0) lin.set_weight_f32(w.data(), false);
+        if (format == 1) {
+          std::vector<uint16_t> w16(w.size());
+          for (size_t i = 0; i < w.size(); ++i) w16[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(w[i]) >> 16);
+          lin.set_weight_bf16(w16.data());
+        }
+        if (format == 2)
+          lin.set_weight_nf4(quant::NF4Weight::quantize(TensorView::contiguous(w.data(), DType::F32, {out, in}), 64));
+        if (lora) {
+          LoraAdapter& ad = lin.add_adapter("default", {.r = 4, .alpha = 8, .seed = 3});
+          const auto b = randn(out * 4, 12);
+          std::copy(b.begin(), b.end(), ad.b());
+        }
+        const auto x = randn(N * in, 13), dy = randn(N * out, 14);
+        std::vector<float> dx_zero(N * in, 0.0f), dx_nan(N * in, NAN);
+        lin.backward(dx_zero.data(), dy.data(), x.data(), N, true, 0);
+        lin.backward(dx_nan.data(), dy.data(), x.data(), N, true, 0, /*accumulate_dx=*/false);
+        const std::string what = "format " + std::to_string(format) + (lora ? " lora" : "") + " N=" + std::to_string(N);
+        for (int64_t i = 0; i < N * in; ++i) ASSERT_NEAR(dx_nan[i], dx_zero[i], 1e-5f * (1.0f + std::abs(dx_zero[i]))) << what;
+      }
 }
 
 TEST(Linear, BadArguments) {

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "base/cpu_features.h"
 #include "base/error.h"
 #include "nn/attention.h"
 #include "nn/cross_entropy.h"
@@ -88,16 +89,34 @@ TEST(NnOps, RopeGradientIsInverseRotation) {
 }
 
 TEST(NnOps, SwigluGradientsMatchFiniteDifferences) {
-  const int64_t n = 19;
-  Vec g = randn(n, 6, 3.0f), u = randn(n, 7), R = randn(n, 8), h(n);
-  auto loss = [&] {
-    swiglu_forward(h.data(), g.data(), u.data(), n);
-    return weighted_sum(h, R);
-  };
-  Vec dg(n, 0.0f), du(n, 0.0f);
-  swiglu_backward(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
-  expect_fd("swiglu dg", g, dg, loss);
-  expect_fd("swiglu du", u, du, loss);
+  // every SIMD level; 37 = two AVX-512 vectors + a scalar tail
+  std::vector<SimdLevel> levels = {SimdLevel::Scalar};
+  if (cpu_features().best_level() >= SimdLevel::AVX2) levels.push_back(SimdLevel::AVX2);
+  if (cpu_features().best_level() >= SimdLevel::AVX512) levels.push_back(SimdLevel::AVX512);
+  for (SimdLevel level : levels) {
+    set_simd_level(level);
+    const int64_t n = 37;
+    Vec g = randn(n, 6, 3.0f), u = randn(n, 7), R = randn(n, 8), h(n);
+    auto loss = [&] {
+      swiglu_forward(h.data(), g.data(), u.data(), n);
+      return weighted_sum(h, R);
+    };
+    Vec dg(n, 0.0f), du(n, 0.0f);
+    swiglu_backward(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
+    expect_fd((std::string("swiglu dg ") + simd_level_name(level)).c_str(), g, dg, loss);
+    expect_fd((std::string("swiglu du ") + simd_level_name(level)).c_str(), u, du, loss);
+    // accumulate = false overwrites (NaN never read); true adds to what is there
+    Vec dg_set(n, NAN), du_set(n, NAN), dg_acc(n, 1.0f), du_acc(n, 1.0f);
+    swiglu_backward(dg_set.data(), du_set.data(), R.data(), g.data(), u.data(), n, /*accumulate=*/false);
+    swiglu_backward(dg_acc.data(), du_acc.data(), R.data(), g.data(), u.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(dg_set[i], dg[i]);
+      EXPECT_EQ(du_set[i], du[i]);
+      EXPECT_NEAR(dg_acc[i], dg[i] + 1.0f, 1e-6f);
+      EXPECT_NEAR(du_acc[i], du[i] + 1.0f, 1e-6f);
+    }
+  }
+  set_simd_level(cpu_features().best_level());
 }
 
 TEST(NnOps, CrossEntropyGradientMatchesFiniteDifferences) {
