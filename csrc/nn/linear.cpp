@@ -9,6 +9,7 @@
 #include "base/half.h"
 #include "base/parallel.h"
 #include "nn/dropout.h"
+#include "nn/lora_kernels.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::nn {
@@ -65,6 +66,36 @@ void add_into(float* dst, const float* src, int64_t n, const uint64_t* stream = 
         if (dropout_keep(*stream, static_cast<uint64_t>(i), p)) dst[i] += src[i] * s;
     }
   });
+}
+
+// u[N, R] = xin[N, in] A[R, in]^T: the rank pass where the SIMD level has it (A transposed to
+// [in, R] per call: R x in floats, next to the pass's N x in), else BLAS.
+void lora_project(const float* xin, int64_t N, int64_t in, const float* a, int64_t R, float* u) {
+  if (!lora_rank_pass_supported(R)) {
+    sgemm(false, true, N, R, in, xin, a, u, false);
+    return;
+  }
+  thread_local AlignedBuffer a_t;
+  if (static_cast<int64_t>(a_t.size()) < R * in * 4) a_t = floats(R * in);
+  float* at = a_t.as<float>();
+  for (int64_t j = 0; j < R; ++j)
+    for (int64_t k = 0; k < in; ++k) at[k * R + j] = a[j * in + k];
+  lora_rank_pass({.y = xin, .M = N, .N = in, .r = R, .p = at, .g = u});
+}
+
+// dA[R, in] += g[N, R]^T xin[N, in]: the rank pass accumulates dA^T [in, R], added back transposed.
+void lora_grad_a(const float* g, const float* xin, int64_t N, int64_t in, int64_t R, float* da) {
+  if (!lora_rank_pass_supported(R)) {
+    sgemm(true, false, R, in, N, 1.0f, g, R, xin, in, 1.0f, da, in);
+    return;
+  }
+  thread_local AlignedBuffer da_t;
+  if (static_cast<int64_t>(da_t.size()) < R * in * 4) da_t = floats(R * in);
+  float* dat = da_t.as<float>();
+  std::memset(dat, 0, sizeof(float) * static_cast<size_t>(R * in));
+  lora_rank_pass({.y = xin, .M = N, .N = in, .r = R, .q = g, .d = dat});
+  for (int64_t j = 0; j < R; ++j)
+    for (int64_t k = 0; k < in; ++k) da[j * in + k] += dat[k * R + j];
 }
 
 }  // namespace
@@ -394,7 +425,7 @@ void Linear::forward(float* y, const float* x, int64_t N, bool training, uint64_
   AlignedBuffer& u = save ? ad->saved_u : local;
   if (static_cast<int64_t>(u.size()) < N * R * 4) u = floats(N * R);
   if (save) ad->saved_x = nullptr;  // invalid until u holds this call's values
-  sgemm(false, true, N, R, in_, xin, ad->a(), u.as<float>(), false);  // u[N, R] = xin A^T
+  lora_project(xin, N, in_, ad->a(), R, u.as<float>());  // u[N, R] = xin A^T
   // y = x W^T + scale u B^T, in one pass over y where the base product runs on the tiled drivers
   const quant::LowRankOutput lora_term{u.as<float>(), ad->b(), R, ad->scale};
   if (!base_forward(y, x, N, &lora_term))
@@ -428,14 +459,19 @@ void Linear::backward(float* dx, const float* dy, const float* x, int64_t N, boo
     u = ad.saved_u.as<float>();  // saved by this x's training forward
   } else {
     local = floats(N * R);
-    sgemm(false, true, N, R, in_, xin, ad.a(), local.as<float>(), false);  // u[N, R] = xin A^T (recomputed)
+    lora_project(xin, N, in_, ad.a(), R, local.as<float>());  // u[N, R] = xin A^T (recomputed)
     u = local.as<float>();
   }
   ad.saved_x = nullptr;  // used once
   // dB[out, R] += scale dy^T u;  g[N, R] = scale dy B;  dA[R, in] += g^T xin
-  sgemm(true, false, out_, R, N, ad.scale, dy, out_, u, R, 1.0f, ad.db(), R);
-  sgemm(false, false, N, R, out_, ad.scale, dy, out_, ad.b(), R, 0.0f, g.as<float>(), R);
-  sgemm(true, false, R, in_, N, 1.0f, g.as<float>(), R, xin, in_, 1.0f, ad.da(), in_);
+  if (lora_rank_pass_supported(R)) {  // dB and g in one pass over dy
+    lora_rank_pass({.y = dy, .M = N, .N = out_, .r = R, .p = ad.b(), .g = g.as<float>(), .scale_g = ad.scale,
+                    .q = u, .d = ad.db(), .scale_d = ad.scale});
+  } else {
+    sgemm(true, false, out_, R, N, ad.scale, dy, out_, u, R, 1.0f, ad.db(), R);
+    sgemm(false, false, N, R, out_, ad.scale, dy, out_, ad.b(), R, 0.0f, g.as<float>(), R);
+  }
+  lora_grad_a(g.as<float>(), xin, N, in_, R, ad.da());
   if (!dx) return;
   if (xin == x) {
     // dx += dy W + g A, in one pass over dx where the base product runs on the tiled drivers

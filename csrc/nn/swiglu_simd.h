@@ -8,57 +8,17 @@
 // exp_approx's, step for step, so results agree with the scalar build to an ulp or two.
 #pragma once
 
-#include <immintrin.h>
-
 #include <cstdint>
 
+#include "base/simd_vec.h"
 #include "nn/swiglu_kernel.h"
 
 namespace ecomllm::nn::swiglu_simd {
 namespace {  // internal linkage: one build per instruction set
 
-#if defined(ECOM_SIMD_AVX512)
-struct V {
-  static constexpr int kLanes = 16;
-  __m512 v;
-};
-inline V load(const float* p) { return {_mm512_loadu_ps(p)}; }
-inline void store(float* p, V a) { _mm512_storeu_ps(p, a.v); }
-inline V set1(float f) { return {_mm512_set1_ps(f)}; }
-inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
-inline V sub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
-inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
-inline V div(V a, V b) { return {_mm512_div_ps(a.v, b.v)}; }
-inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }   // a b + c
-inline V fnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a b
-inline V clamp(V x, float lo, float hi) { return {_mm512_max_ps(_mm512_min_ps(x.v, _mm512_set1_ps(hi)), _mm512_set1_ps(lo))}; }
-// 2^n for the integer n held in the float t = n + 1.5 * 2^23 (exp_approx's magic sum).
-inline V pow2_of_magic(V t) {
-  const __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t.v), _mm512_set1_epi32(0x4B400000));
-  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23))};
-}
-#elif defined(ECOM_SIMD_AVX2)
-struct V {
-  static constexpr int kLanes = 8;
-  __m256 v;
-};
-inline V load(const float* p) { return {_mm256_loadu_ps(p)}; }
-inline void store(float* p, V a) { _mm256_storeu_ps(p, a.v); }
-inline V set1(float f) { return {_mm256_set1_ps(f)}; }
-inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
-inline V sub(V a, V b) { return {_mm256_sub_ps(a.v, b.v)}; }
-inline V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
-inline V div(V a, V b) { return {_mm256_div_ps(a.v, b.v)}; }
-inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-inline V fnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
-inline V clamp(V x, float lo, float hi) { return {_mm256_max_ps(_mm256_min_ps(x.v, _mm256_set1_ps(hi)), _mm256_set1_ps(lo))}; }
-inline V pow2_of_magic(V t) {
-  const __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t.v), _mm256_set1_epi32(0x4B400000));
-  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23))};
-}
-#else
-#error "define ECOM_SIMD_AVX2 or ECOM_SIMD_AVX512 before including swiglu_simd.h"
-#endif
+using namespace simd;
+
+inline V clamp(V x, float lo, float hi) { return max(min(x, set1(hi)), set1(lo)); }
 
 // exp_approx (nn_math.h) lane-wise.
 inline V exp_v(V x) {

@@ -5,11 +5,14 @@
 #include <bit>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "base/cpu_features.h"
+#include "base/error.h"
 #include "nn/adamw.h"
 #include "nn/linear.h"
+#include "nn/lora_kernels.h"
 #include "quant/nf4.h"
 #include "quant/nf4_weight.h"
 
@@ -203,6 +206,53 @@ TEST(AdamW, ClipGradNorm) {
   EXPECT_NEAR(b[0], 0.8, 1e-6);
   params.push_back(params[0]);
   EXPECT_THROW(clip_grad_norm(params, 1.0), ValueError);  // duplicate name
+}
+
+
+// The LoRA rank pass (nn/lora_kernels.h) at every level against an fp64 reference: G = s_g Y P
+// and D += s_d Y^T Q, alone and together, with row counts that leave partial row tiles and thread
+// blocks, and ranks of one and several vectors.
+TEST(LoraRankPass, EveryLevelMatchesFp64Reference) {
+  struct Case { int64_t M, N, r; };
+  std::vector<SimdLevel> levels = {SimdLevel::Scalar};
+  if (cpu_features().best_level() >= SimdLevel::AVX2) levels.push_back(SimdLevel::AVX2);
+  if (cpu_features().best_level() >= SimdLevel::AVX512) levels.push_back(SimdLevel::AVX512);
+  for (SimdLevel level : levels) {
+    set_simd_level(level);
+    for (const Case c : {Case{37, 53, 16}, Case{5, 300, 32}, Case{100, 17, 16}, Case{1, 9, 16}, Case{70, 40, 48}}) {
+      if (!lora_rank_pass_supported(c.r) && level != SimdLevel::Scalar) continue;
+      const auto y = randn(c.M * c.N, 21), p = randn(c.N * c.r, 22), q = randn(c.M * c.r, 23), d0 = randn(c.N * c.r, 24);
+      std::vector<double> g_ref(c.M * c.r, 0.0), d_ref(d0.begin(), d0.end());
+      for (int64_t m = 0; m < c.M; ++m)
+        for (int64_t n = 0; n < c.N; ++n)
+          for (int64_t j = 0; j < c.r; ++j) {
+            g_ref[m * c.r + j] += 0.5 * y[m * c.N + n] * static_cast<double>(p[n * c.r + j]);
+            d_ref[n * c.r + j] += 2.0 * y[m * c.N + n] * static_cast<double>(q[m * c.r + j]);
+          }
+      const std::string what = std::string(simd_level_name(level)) + " M=" + std::to_string(c.M) + " N=" +
+                               std::to_string(c.N) + " r=" + std::to_string(c.r);
+      for (int mode = 0; mode < 3; ++mode) {  // G and D, G only, D only
+        std::vector<float> g(c.M * c.r, NAN), d(d0);
+        RankPass ps{.y = y.data(), .M = c.M, .N = c.N, .r = c.r};
+        if (mode != 2) ps.p = p.data(), ps.g = g.data(), ps.scale_g = 0.5f;
+        if (mode != 1) ps.q = q.data(), ps.d = d.data(), ps.scale_d = 2.0f;
+        lora_rank_pass(ps);
+        if (mode != 2) expect_close(g, g_ref, 1e-5);
+        if (mode != 1) expect_close(d, d_ref, 1e-5);
+        if (mode == 1) EXPECT_EQ(d, d0) << what << ": D untouched without Q";
+        if (::testing::Test::HasFailure()) FAIL() << what << " mode " << mode;
+      }
+    }
+    if (level != SimdLevel::Scalar) {
+      EXPECT_FALSE(lora_rank_pass_supported(12));
+      std::vector<float> y(12), p(12), g(12);
+      EXPECT_THROW(lora_rank_pass({.y = y.data(), .M = 1, .N = 1, .r = 12, .p = p.data(), .g = g.data()}), ValueError);
+    }
+  }
+  set_simd_level(cpu_features().best_level());
+  std::vector<float> y(4), p(4);
+  EXPECT_THROW(lora_rank_pass({.y = y.data(), .M = 1, .N = 4, .r = 16, .p = p.data()}), ValueError);  // no g
+  EXPECT_THROW(lora_rank_pass({.y = nullptr, .M = 1, .N = 4, .r = 16}), ValueError);
 }
 
 }  // namespace
