@@ -11,32 +11,14 @@
 #include <cstdint>
 
 #include "base/simd_vec.h"
+#include "nn/exp_simd.h"
 #include "nn/swiglu_kernel.h"
 
 namespace ecomllm::nn::swiglu_simd {
 namespace {  // internal linkage: one build per instruction set
 
 using namespace simd;
-
-inline V clamp(V x, float lo, float hi) { return max(min(x, set1(hi)), set1(lo)); }
-
-// exp_approx (nn_math.h) lane-wise.
-inline V exp_v(V x) {
-  x = clamp(x, -87.0f, 88.0f);
-  const V magic = set1(12582912.0f);
-  const V t = fma(x, set1(1.44269504088896341f), magic);
-  const V n = sub(t, magic);
-  V r = fnma(n, set1(0.693359375f), x);
-  r = fnma(n, set1(-2.12194440e-4f), r);
-  V p = set1(1.9875691500e-4f);
-  p = fma(p, r, set1(1.3981999507e-3f));
-  p = fma(p, r, set1(8.3334519073e-3f));
-  p = fma(p, r, set1(4.1665795894e-2f));
-  p = fma(p, r, set1(1.6666665459e-1f));
-  p = fma(p, r, set1(5.0000001201e-1f));
-  p = add(fma(mul(p, r), r, r), set1(1.0f));
-  return mul(p, pow2_of_magic(t));
-}
+using vec_math::exp_v;
 
 inline V sigmoid_v(V g) { return div(set1(1.0f), add(set1(1.0f), exp_v(sub(set1(0.0f), g)))); }
 
