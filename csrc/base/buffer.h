@@ -30,10 +30,12 @@ class AlignedBuffer {
     if (zero) std::memset(data_, 0, rounded);
   }
 
-  // A buffer read at random (graph indexes): from 4 MiB on it is 2 MiB-aligned and asks Linux for
-  // transparent huge pages (madvise; a no-op where THP is off), so random reads miss the TLB far
-  // less often. Pages are advised before they are first touched (the zero fill).
-  static AlignedBuffer for_random_access(size_t nbytes, bool zero) {
+  // A large buffer on transparent huge pages: from 4 MiB on it is 2 MiB-aligned and advised
+  // MADV_HUGEPAGE (a no-op where THP is off) before its pages are first touched (the zero fill).
+  // For buffers read at random (graph indexes: far fewer TLB misses) or streamed at full memory
+  // bandwidth (NF4 weights in token-by-token decoding: a 1 GB stream of 4096 x 4096 matrices went
+  // from ~16.5-18 to ~19.3 GB/s on 2 Sapphire Rapids cores).
+  static AlignedBuffer with_huge_pages(size_t nbytes, bool zero) {
     constexpr size_t kHuge = size_t{2} << 20;
     if (nbytes < 2 * kHuge) return AlignedBuffer(nbytes, zero);
     AlignedBuffer b;

@@ -248,7 +248,7 @@ void HnswIndex::grow(int64_t min_capacity) {
   int64_t cap = std::max<int64_t>({min_capacity, capacity_ + capacity_ / 2, 1024});
   cap = std::min<int64_t>(cap, (int64_t{1} << 32) - 2);
   ECOM_CHECK_ARG(min_capacity <= cap, "the index cannot hold more than 2^32 - 2 vectors");
-  AlignedBuffer next = AlignedBuffer::for_random_access(static_cast<size_t>(cap) * elem_bytes_, /*zero=*/true);
+  AlignedBuffer next = AlignedBuffer::with_huge_pages(static_cast<size_t>(cap) * elem_bytes_, /*zero=*/true);
   if (capacity_ > 0) std::memcpy(next.data(), level0_, static_cast<size_t>(capacity_) * elem_bytes_);
   level0_owned_ = std::move(next);
   level0_ = level0_owned_.data();

@@ -44,7 +44,7 @@ NF4Weight NF4Weight::quantize(const TensorView& w, int64_t blocksize, bool doubl
   q.m_.cols = w.shape[1];
   q.m_.blocksize = blocksize;
   const int64_t n = q.m_.numel(), nb = q.m_.num_blocks();
-  q.packed_ = AlignedBuffer(static_cast<size_t>(nf4_packed_bytes(n)));
+  q.packed_ = AlignedBuffer::with_huge_pages(static_cast<size_t>(nf4_packed_bytes(n)), false);  // streamed by the GEMV
   AlignedBuffer absmax(sizeof(float) * nb);
   nf4_quantize(w, blocksize, q.packed_.as<uint8_t>(), absmax.as<float>());
   q.code_ = copy_of(kNF4Codebook, 16);
@@ -81,7 +81,8 @@ NF4Weight NF4Weight::from_bnb(int64_t rows, int64_t cols, int64_t blocksize, con
   q.m_.rows = rows;
   q.m_.cols = cols;
   q.m_.blocksize = blocksize;
-  q.packed_ = copy_of(packed, nf4_packed_bytes(n));
+  q.packed_ = AlignedBuffer::with_huge_pages(static_cast<size_t>(nf4_packed_bytes(n)), false);
+  std::memcpy(q.packed_.data(), packed, static_cast<size_t>(nf4_packed_bytes(n)));
   q.code_ = copy_of(code, 16);
   check_finite(code, 16, "code");
   q.m_.packed = q.packed_.as<uint8_t>();
