@@ -80,6 +80,11 @@ void gemm_tile(int64_t kc, const float* xp, const float* wp, float* y, int64_t l
     }
 }
 
+void pack_panel(const float* rows, int64_t ld, int64_t kc, float* panel) {
+  for (int64_t k = 0; k < kc; ++k)
+    for (int j = 0; j < kNR; ++j) panel[k * kNR + j] = rows[j * ld + k];
+}
+
 void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
                  int kv, bool accumulate) {
   for (int i = 0; i < mv; ++i)
@@ -93,7 +98,7 @@ void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64
 }  // namespace
 
 const NF4Kernels& nf4_kernels_scalar() {
-  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile, nullptr};
+  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile, pack_panel, nullptr};
   return k;
 }
 

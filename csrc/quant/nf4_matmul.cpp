@@ -118,16 +118,13 @@ struct BF16Source {
   }
 };
 
-// panel[k * nr + j] = rows[j * ld + k] for j < nr, k < kc: a tile of nr rows of W in the forward
-// micro-kernel's packed layout, its vector loads per k one contiguous stream. The micro-kernel
-// keeps vectors along W rows so that a tile of y is written back as whole vector rows; with
-// vectors along x rows it was written back one float at a time, transposed. Measured at M = 1024
-// on Sapphire Rapids (AVX-512, 2 threads): 236-291 -> 314-351 GFLOP/s (of a 492 FMA peak).
-void pack_panel(const float* rows, int64_t ld, int64_t nr, int64_t kc, float* panel) {
-  for (int64_t k = 0; k < kc; ++k)
-    for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = rows[j * ld + k];
-}
-// The same for a tile of only nv <= nr readable rows: rows nv .. nr of the panel are zero.
+// The forward micro-kernel reads W tiles packed [kc][NR] (kern.pack_panel), its vector loads per k
+// one contiguous stream, and keeps vectors along W rows so that a tile of y is written back as
+// whole vector rows; with vectors along x rows it was written back one float at a time,
+// transposed. Measured at M = 1024 on Sapphire Rapids (AVX-512, 2 threads): 236-291 -> 314-351
+// GFLOP/s (of a 492 FMA peak).
+// panel[k * nr + j] = rows[j * ld + k] for a tile of only nv <= nr readable rows (rows nv .. nr of
+// the panel zero): the low-rank term's B rows.
 void pack_panel(const float* rows, int64_t ld, int64_t nv, int64_t nr, int64_t kc, float* panel) {
   for (int64_t k = 0; k < kc; ++k)
     for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = j < nv ? rows[j * ld + k] : 0.0f;
@@ -212,7 +209,7 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
           const int64_t n0 = t * NR, nv = std::min(NR, N - n0);
           int64_t ld = 0;
           const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
-          pack_panel(rows, ld, NR, kc, group_buf.as<float>() + (t - t_begin) * NR * KC);
+          kern.pack_panel(rows, ld, kc, group_buf.as<float>() + (t - t_begin) * NR * KC);
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;

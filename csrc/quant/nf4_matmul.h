@@ -65,6 +65,8 @@ struct NF4Kernels {
   //   dx[i * ldx + k] (+)= sum_n dy[i * ldy + n] * w[n * ldw + k],  n in [0, nc)
   void (*gemm_t_tile)(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx,
                       int mv, int kv, bool accumulate);
+  // Forward W panel: panel[k * gemm_nr + j] = rows[j * ld + k] for j < gemm_nr, k < kc.
+  void (*pack_panel)(const float* rows, int64_t ld, int64_t kc, float* panel);
   // Optional (null where the level has none): y[n] = dot(W[n, :], x) (+ bias[n]) for n in [n0, n1)
   // over 128-weight groups, x in group order (gemv_group_position). Needs nf4_gemv_grouped_supported(W).
   void (*gemv_rows_grouped)(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1, float* y);
