@@ -27,6 +27,10 @@ inline V min(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
 inline V max(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }   // a b + c
 inline V fnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a b
+// v with 0 in the lanes where x == value.
+inline V zero_where_equal(V x, float value, V v) {
+  return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x.v, _mm512_set1_ps(value), _CMP_NEQ_UQ), v.v)};
+}
 // 2^n for the integer n held in the float t = n + 1.5 * 2^23 (a round-to-integer magic sum).
 inline V pow2_of_magic(V t) {
   const __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t.v), _mm512_set1_epi32(0x4B400000));
@@ -49,6 +53,9 @@ inline V min(V a, V b) { return {_mm256_min_ps(a.v, b.v)}; }
 inline V max(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
 inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline V fnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
+inline V zero_where_equal(V x, float value, V v) {
+  return {_mm256_andnot_ps(_mm256_cmp_ps(x.v, _mm256_set1_ps(value), _CMP_EQ_OQ), v.v)};
+}
 inline V pow2_of_magic(V t) {
   const __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t.v), _mm256_set1_epi32(0x4B400000));
   return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23))};

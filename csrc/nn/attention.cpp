@@ -20,6 +20,7 @@
 #include "base/error.h"
 #include "base/parallel.h"
 #include "nn/nn_math.h"
+#include "nn/vec_exp.h"
 
 namespace ecomllm::nn {
 namespace {
@@ -171,7 +172,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
           }
           const float m_new = std::max(m[r], mx);
           const float alpha = m[r] == kNegInf ? 0.0f : exp_approx(m[r] - m_new);
-          for (int64_t c = 0; c < nk; ++c) Sr[c] = Sr[c] == kNegInf ? 0.0f : exp_approx(Sr[c] - m_new);
+          exp_shifted_or_zero(Sr, Sr, nk, m_new);
           l[r] = l[r] * alpha + sum_f32(Sr, nk);
           m[r] = m_new;
           float* Or = O.data() + r * D;
@@ -232,7 +233,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             for (int64_t r = 0; r < nq; ++r) {
               float* Pr = P.data() + r * kTileK;
               const float Lr = L[r];
-              for (int64_t c = 0; c < nk; ++c) Pr[c] = Pr[c] == kNegInf ? 0.0f : exp_approx(Pr[c] - Lr);
+              exp_shifted_or_zero(Pr, Pr, nk, Lr);
             }
             // dV += P^T dO ; dP = dO V^T ; dS = P * (dP - delta)
             sgemm(true, false, nk, D, nq, 1.0f, P.data(), kTileK, dO, ldq, 1.0f, dV, ldk);

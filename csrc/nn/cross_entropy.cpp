@@ -10,10 +10,10 @@
 #include <cmath>
 #include <vector>
 
-#include "base/cpu_features.h"
 #include "base/error.h"
 #include "base/parallel.h"
 #include "nn/nn_math.h"
+#include "nn/vec_exp.h"
 
 namespace ecomllm::nn {
 namespace {
@@ -33,20 +33,12 @@ struct RowStats {
 };
 RowStats row_stats(const float* x, int64_t V, float* probs) {
   const float mx = max_f32(x, V);
-  const SimdLevel level = simd_level();
   double s = 0.0;
   constexpr int64_t kBlock = 512;  // float sums of 512 terms in [0,1], then added in double
   for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
     const int64_t len = std::min(kBlock, V - v0);
-    float* dst = probs + v0;
-    const float* src = x + v0;
-    if (level >= SimdLevel::AVX512)
-      exp_shifted_avx512(dst, src, len, mx);
-    else if (level >= SimdLevel::AVX2)
-      exp_shifted_avx2(dst, src, len, mx);
-    else
-      for (int64_t v = 0; v < len; ++v) dst[v] = exp_approx(src[v] - mx);
-    s += sum_f32(dst, len);
+    exp_shifted(probs + v0, x + v0, len, mx);
+    s += sum_f32(probs + v0, len);
   }
   return {mx, s};
 }

@@ -15,9 +15,4 @@ double cross_entropy_forward_backward(float* logits, const int32_t* labels, int6
 // The same sum, without a gradient.
 double cross_entropy_forward(const float* logits, const int32_t* labels, int64_t n, int64_t V);
 
-// dst[i] = exp_approx(src[i] - shift) for i < n (dst may alias src): the softmax's exponentials,
-// built for AVX2 + FMA and AVX-512 (cross_entropy_avx2.cpp / _avx512.cpp; only called on such CPUs).
-void exp_shifted_avx2(float* dst, const float* src, int64_t n, float shift);
-void exp_shifted_avx512(float* dst, const float* src, int64_t n, float shift);
-
 }  // namespace ecomllm::nn

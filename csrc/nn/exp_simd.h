@@ -5,7 +5,11 @@
 // exp_approx's step for step, so results agree with the scalar build to an ulp or two.
 #pragma once
 
+#include <cstdint>
+#include <limits>
+
 #include "base/simd_vec.h"
+#include "nn/nn_math.h"
 
 namespace ecomllm::nn::vec_math {
 namespace {  // internal linkage: one build per instruction set
@@ -30,6 +34,19 @@ inline V exp_v(V x) {
   p = fma(p, r, set1(5.0000001201e-1f));
   p = add(fma(mul(p, r), r, r), set1(1.0f));
   return mul(p, pow2_of_magic(t));
+}
+
+// dst[i] = exp_approx(src[i] - shift) for i < n (dst may alias src); 0 where src[i] is -inf when
+// zero_neg_inf (masked scores). The body of nn/vec_exp.h's per-ISA loops.
+inline void exp_shifted_range(float* dst, const float* src, int64_t n, float shift, bool zero_neg_inf) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + V::kLanes <= n; i += V::kLanes) {
+    const V x = load(src + i);
+    const V e = exp_v(sub(x, set1(shift)));
+    store(dst + i, zero_neg_inf ? zero_where_equal(x, kNegInf, e) : e);
+  }
+  for (; i < n; ++i) dst[i] = zero_neg_inf && src[i] == kNegInf ? 0.0f : exp_approx(src[i] - shift);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -13,6 +14,8 @@
 #include "base/error.h"
 #include "nn/attention.h"
 #include "nn/cross_entropy.h"
+#include "nn/nn_math.h"
+#include "nn/vec_exp.h"
 #include "nn/rmsnorm.h"
 #include "nn/rope.h"
 #include "nn/swiglu.h"
@@ -138,6 +141,32 @@ TEST(NnOps, CrossEntropyLevelsAgree) {
         << simd_level_name(level);
     EXPECT_NEAR(cross_entropy_forward(logits.data(), labels, n, V), loss_ref / 1.0, 1e-6 * loss_ref);
     for (int64_t i = 0; i < n * V; ++i) ASSERT_NEAR(grad[i], grad_ref[i], 1e-7) << simd_level_name(level) << " " << i;
+  }
+  set_simd_level(cpu_features().best_level());
+}
+
+// The softmaxes' array exp at every level: exp_approx(x - shift), and 0 (not ~1e-38) for masked
+// -inf scores in the _or_zero form; 37 = full vectors and a tail at every width.
+TEST(NnOps, ArrayExpLevelsAgreeWithExpApprox) {
+  const int64_t n = 37;
+  Vec x = randn(n, 12, 5.0f);
+  x[3] = x[20] = x[36] = -std::numeric_limits<float>::infinity();
+  std::vector<SimdLevel> levels = {SimdLevel::Scalar};
+  if (cpu_features().best_level() >= SimdLevel::AVX2) levels.push_back(SimdLevel::AVX2);
+  if (cpu_features().best_level() >= SimdLevel::AVX512) levels.push_back(SimdLevel::AVX512);
+  for (SimdLevel level : levels) {
+    set_simd_level(level);
+    Vec plain(n), masked = x;
+    exp_shifted(plain.data(), x.data(), n, 1.5f);
+    exp_shifted_or_zero(masked.data(), masked.data(), n, 1.5f);  // in place
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = exp_approx(x[i] - 1.5f);
+      EXPECT_NEAR(plain[i], want, 2e-7f * want) << simd_level_name(level) << " " << i;
+      if (std::isinf(x[i]))
+        EXPECT_EQ(masked[i], 0.0f) << simd_level_name(level) << " " << i;
+      else
+        EXPECT_NEAR(masked[i], want, 2e-7f * want) << simd_level_name(level) << " " << i;
+    }
   }
   set_simd_level(cpu_features().best_level());
 }
