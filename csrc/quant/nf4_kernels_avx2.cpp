@@ -4,7 +4,7 @@
 
 namespace ecomllm::quant {
 const NF4Kernels& nf4_kernels_avx2() {
-  static const NF4Kernels k{SimdLevel::AVX2, kGemmMR, kGemmNR, kGemmTMR, kGemmTKR, gemv_rows, dequant_tile, gemm_tile, gemm_t_tile, pack_panel, nullptr};
+  static const NF4Kernels k{SimdLevel::AVX2, kGemmMR, kGemmNR, kGemmTMR, kGemmTKR, gemv_rows, dequant_tile, gemm_tile, gemm_t_tile, pack_panel, pack_x_panel, nullptr};
   return k;
 }
 }  // namespace ecomllm::quant

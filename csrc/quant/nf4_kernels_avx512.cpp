@@ -7,7 +7,7 @@
 
 namespace ecomllm::quant {
 const NF4Kernels& nf4_kernels_avx512() {
-  static const NF4Kernels k{SimdLevel::AVX512, kGemmMR, kGemmNR, kGemmTMR, kGemmTKR, gemv_rows, dequant_tile, gemm_tile, gemm_t_tile, pack_panel, gemv_rows_grouped_avx512};
+  static const NF4Kernels k{SimdLevel::AVX512, kGemmMR, kGemmNR, kGemmTMR, kGemmTKR, gemv_rows, dequant_tile, gemm_tile, gemm_t_tile, pack_panel, pack_x_panel, gemv_rows_grouped_avx512};
   return k;
 }
 }  // namespace ecomllm::quant

@@ -85,6 +85,11 @@ void pack_panel(const float* rows, int64_t ld, int64_t kc, float* panel) {
     for (int j = 0; j < kNR; ++j) panel[k * kNR + j] = rows[j * ld + k];
 }
 
+void pack_x_panel(const float* x, int64_t K, int mv, float* panel) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int i = 0; i < kMR; ++i) panel[k * kMR + i] = i < mv ? x[i * K + k] : 0.0f;
+}
+
 void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
                  int kv, bool accumulate) {
   for (int i = 0; i < mv; ++i)
@@ -98,7 +103,7 @@ void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64
 }  // namespace
 
 const NF4Kernels& nf4_kernels_scalar() {
-  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile, pack_panel, nullptr};
+  static const NF4Kernels k{SimdLevel::Scalar, kMR, kNR, kTMR, kTKR, gemv_rows, nf4_dequant_tile_generic, gemm_tile, gemm_t_tile, pack_panel, pack_x_panel, nullptr};
   return k;
 }
 

@@ -328,6 +328,27 @@ void pack_panel(const float* rows, int64_t ld, int64_t kc, float* panel) {
     for (int j = 0; j < kGemmNR; ++j) panel[k0 * kGemmNR + j] = rows[j * ld + k0];
 }
 
+// ---- forward x panel packing: panel[k * kGemmMR + i] = x[(m0 + i) * K + k] ----------------------
+// kGemmMR (12 / 6) rows of x through the same block transpose, padded to V::kLanes rows with
+// zeros; each column is stored as kGemmMR floats. Rows past mv are zero in the panel.
+void pack_x_panel(const float* x, int64_t K, int mv, float* panel) {
+  constexpr int L = V::kLanes;
+  static_assert(kGemmMR <= L, "x panel wider than a transposed block");
+  int64_t k0 = 0;
+  for (; k0 + L <= K; k0 += L) {
+    decltype(V::v) r[L], out[L];
+    for (int i = 0; i < L; ++i) r[i] = i < mv ? V::load(x + i * K + k0).v : V::zero().v;
+    transpose_block(r, out);
+    for (int c = 0; c < L; ++c) {
+      alignas(64) float col[L];
+      V{out[c]}.store(col);
+      std::memcpy(panel + (k0 + c) * kGemmMR, col, sizeof(float) * kGemmMR);
+    }
+  }
+  for (; k0 < K; ++k0)
+    for (int i = 0; i < kGemmMR; ++i) panel[k0 * kGemmMR + i] = i < mv ? x[i * K + k0] : 0.0f;
+}
+
 // ---- backward micro-kernel: dx tile = dy rows . W tile --------------------------------------
 void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
                  int kv, bool accumulate) {

@@ -130,22 +130,12 @@ void pack_panel(const float* rows, int64_t ld, int64_t nv, int64_t nr, int64_t k
     for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = j < nv ? rows[j * ld + k] : 0.0f;
 }
 
-// x[M, K] -> panels [ceil(M / mr)][K][mr] (rows past M zero), in parallel over panels.
-void pack_x_panels(const float* x, int64_t M, int64_t K, int64_t mr, float* xp) {
-  const int64_t panels = (M + mr - 1) / mr;
+// x[M, K] -> panels [ceil(M / MR)][K][MR] (rows past M zero), in parallel over panels.
+void pack_x_panels(const NF4Kernels& kern, const float* x, int64_t M, int64_t K, float* xp) {
+  const int64_t MR = kern.gemm_mr, panels = (M + MR - 1) / MR;
   parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      float* dst = xp + p * K * mr;
-      for (int64_t i = 0; i < mr; ++i) {
-        const int64_t m = p * mr + i;
-        if (m < M) {
-          const float* src_row = x + m * K;
-          for (int64_t k = 0; k < K; ++k) dst[k * mr + i] = src_row[k];
-        } else {
-          for (int64_t k = 0; k < K; ++k) dst[k * mr + i] = 0.0f;
-        }
-      }
-    }
+    for (int64_t p = p0; p < p1; ++p)
+      kern.pack_x_panel(x + p * MR * K, K, static_cast<int>(std::min(MR, M - p * MR)), xp + p * K * MR);
   });
 }
 
@@ -179,7 +169,7 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   const size_t packed_bytes = sizeof(float) * static_cast<size_t>(panels * K * MR);
   if (packed_x.size() < packed_bytes) packed_x = AlignedBuffer(packed_bytes);
   float* xp = packed_x.as<float>();
-  pack_x_panels(x, M, K, MR, xp);
+  pack_x_panels(kern, x, M, K, xp);
 
   // The low-rank term's u packed like x ([panels][r][MR]): its r steps follow each tile's K steps.
   const int64_t r = extra ? extra->r : 0;
@@ -187,7 +177,7 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   if (extra) {
     const size_t u_bytes = sizeof(float) * static_cast<size_t>(panels * r * MR);
     if (packed_u.size() < u_bytes) packed_u = AlignedBuffer(u_bytes);
-    pack_x_panels(extra->u, M, r, MR, packed_u.as<float>());
+    pack_x_panels(kern, extra->u, M, r, packed_u.as<float>());
   }
   const float* up = packed_u.as<float>();
 

@@ -67,6 +67,8 @@ struct NF4Kernels {
                       int mv, int kv, bool accumulate);
   // Forward W panel: panel[k * gemm_nr + j] = rows[j * ld + k] for j < gemm_nr, k < kc.
   void (*pack_panel)(const float* rows, int64_t ld, int64_t kc, float* panel);
+  // Forward x panel: panel[k * gemm_mr + i] = x[i * K + k] for i < mv (0 for mv <= i < gemm_mr).
+  void (*pack_x_panel)(const float* x, int64_t K, int mv, float* panel);
   // Optional (null where the level has none): y[n] = dot(W[n, :], x) (+ bias[n]) for n in [n0, n1)
   // over 128-weight groups, x in group order (gemv_group_position). Needs nf4_gemv_grouped_supported(W).
   void (*gemv_rows_grouped)(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1, float* y);
