@@ -54,7 +54,8 @@ inline void interleave(const V* hi, const V* lo, V* out) {
   out[1].v = _mm512_permutex2var_ps(hi[0].v, second, lo[0].v);
 }
 constexpr int kGemmMR = 12;   // forward: 12 x rows x 2 vectors of W rows (y columns) = 24 accumulators
-constexpr int kGemmTMR = 12;  // backward: 12 dy rows x 2 vectors of dx columns
+constexpr int kGemmTMR = 14;  // backward: 14 dy rows x 2 vectors of dx columns = 28 accumulators (+3 of 32
+                              // registers); 3-4% faster than 12 on Sapphire Rapids, M = 1024
 
 #elif defined(ECOM_SIMD_AVX2)
 struct V {
@@ -252,7 +253,7 @@ void gemm_tile(int64_t kc, const float* xp, const float* wp, float* y, int64_t l
   for (int64_t k = 0; k < kc; ++k) {
     const V w0 = V::load(wp + k * kGemmNR), w1 = V::load(wp + k * kGemmNR + V::kLanes);
     const float* xk = xp + k * kGemmMR;
-#pragma GCC unroll 12
+#pragma GCC unroll 16
     for (int i = 0; i < kGemmMR; ++i) {
       const V b = V::set1(xk[i]);
       acc[i][0] = fma(w0, b, acc[i][0]);
@@ -360,7 +361,7 @@ void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64
   }
   for (int64_t n = 0; n < nc; ++n) {
     const V w0 = V::load(w + n * ldw), w1 = V::load(w + n * ldw + V::kLanes);
-#pragma GCC unroll 12
+#pragma GCC unroll 16
     for (int i = 0; i < kGemmTMR; ++i) {
       const V b = V::set1(dyr[i][n]);
       acc[i][0] = fma(w0, b, acc[i][0]);
