@@ -22,65 +22,26 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "quant/nf4_group_scales_avx512.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::quant {
 namespace {
 
-constexpr int64_t kGroup = 128;              // weights per 64-byte load
-constexpr int64_t kSegmentGroups = 8;        // groups per vector of 16 half-group scales
 // Software prefetch distance in the packed stream (one line per group). Measured streaming 1 GB of
 // 4096 x 4096 matrices on Sapphire Rapids, 2 threads: none 13.5 GB/s, 512 B 12.9, 2-4 KiB 17-20
 // (run-to-run noise decides between them), 8 KiB 19.5; _MM_HINT_T1 no better, NTA worse.
 constexpr int64_t kPrefetchBytes = 2048;
 
-// out[i] = scale of the block holding weights [start + 64 i, start + 64 (i + 1)) for i < count
-// (<= 16), out[count ..] = 0. Double quantization is undone as dequantize() does it: code * nested,
-// then + offset, two roundings (this file is compiled without FMA contraction).
-void half_group_scales(const NF4Matrix& W, int64_t start, int64_t count, float* out) {
-  const int64_t bs = W.blocksize;
-  if (bs == 64) {
-    const int64_t b0 = start / 64;
-    const __mmask16 live = static_cast<__mmask16>((1u << count) - 1u);
-    if (W.absmax) {
-      _mm512_storeu_ps(out, _mm512_maskz_loadu_ps(live, W.absmax + b0));
-      return;
-    }
-    const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, W.qabsmax + b0));
-    const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, q, W.nested_code, 4);
-    const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b0 % 256)),
-                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    const __m512 nested = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, _mm512_srli_epi32(lane, 8),
-                                                   W.nested_absmax + b0 / 256, 4);
-    const __m512 scaled = _mm512_mul_ps(code, nested);
-    _mm512_storeu_ps(out, _mm512_maskz_add_ps(live, scaled, _mm512_set1_ps(W.offset)));
-    return;
-  }
-  for (int64_t i = 0; i < 16; ++i) out[i] = 0.0f;
-  for (int64_t i = 0; i < count; ++i) W.block_scales((start + 64 * i) / bs, (start + 64 * i) / bs + 1, out + i);
-}
-
 }  // namespace
 
 void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1,
                               float* y) {
-  const int64_t K = W.cols, groups = K / kGroup;
   const __m512 table = _mm512_loadu_ps(W.code);
-  // select[g]: lanes 0-7 take half-group scale 2g, lanes 8-15 take 2g + 1.
-  __m512i select[kSegmentGroups];
-  for (int g = 0; g < kSegmentGroups; ++g)
-    select[g] = _mm512_inserti64x4(_mm512_set1_epi32(2 * g), _mm256_set1_epi32(2 * g + 1), 1);
-  alignas(64) float scales[16];
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = W.packed + n * (K / 2);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t g0 = 0; g0 < groups; g0 += kSegmentGroups) {
-      const int64_t count = std::min(kSegmentGroups, groups - g0);
-      half_group_scales(W, n * K + g0 * kGroup, 2 * count, scales);
-      const __m512 segment_scales = _mm512_load_ps(scales);
-      for (int64_t g = 0; g < count; ++g) {
-        const uint8_t* p = row + (g0 + g) * (kGroup / 2);
-        const float* xv = xg + (g0 + g) * kGroup;
+  walk_grouped_rows(
+      W, bias, n0, n1, y, [](int64_t, int64_t, __m512 scales) { return scales; },
+      [&](const uint8_t* p, int64_t g) {
+        const float* xv = xg + g * kGroup;
         _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(p);
         // lookup(s) = table[bits s .. s+3 of every lane]: element 8 i + (s / 4 ^ 1) of the group.
@@ -94,11 +55,8 @@ void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* 
         odd = _mm512_fmadd_ps(lookup(20), _mm512_loadu_ps(xv + 80), odd);
         even = _mm512_fmadd_ps(lookup(24), _mm512_loadu_ps(xv + 96), even);
         odd = _mm512_fmadd_ps(lookup(28), _mm512_loadu_ps(xv + 112), odd);
-        total = _mm512_fmadd_ps(_mm512_add_ps(even, odd), _mm512_permutexvar_ps(select[g], segment_scales), total);
-      }
-    }
-    y[n] = _mm512_reduce_add_ps(total) + (bias ? bias[n] : 0.0f);
-  }
+        return _mm512_add_ps(even, odd);
+      });
 }
 
 }  // namespace ecomllm::quant

@@ -22,9 +22,10 @@ bool nf4_gemv_q16_supported(const NF4Matrix& W) {
 
 namespace {
 
-// x[K] -> xq[K] (q16_position order within each chunk) and xscale[K / 64] such that
-// x ~= xq * xscale * 2^14 (the 2^14 undoes the code scale). False when x holds inf or NaN.
-bool quantize_activations(const float* x, int64_t K, int16_t* xq, float* xscale) {
+// x[K] -> xq[K] (in the kernel's order: q16_position within each 64-chunk, or with `grouped`
+// q16_group_position within each 128-group) and xscale[K / 64] such that x ~= xq * xscale * 2^14
+// (the 2^14 undoes the code scale). False when x holds inf or NaN.
+bool quantize_activations(const float* x, int64_t K, int16_t* xq, float* xscale, bool grouped) {
   for (int64_t c0 = 0; c0 < K; c0 += kQ16Chunk) {
     float amax = 0.0f;
     bool finite = true;
@@ -37,7 +38,9 @@ bool quantize_activations(const float* x, int64_t K, int16_t* xq, float* xscale)
     const float inv = amax > 0.0f ? static_cast<float>(kQ16XMax) / amax : 0.0f;
     for (int64_t e = 0; e < kQ16Chunk; ++e) {
       const long q = std::lrint(x[c0 + e] * inv);
-      xq[c0 + q16_position(e)] = static_cast<int16_t>(std::clamp<long>(q, -kQ16XMax, kQ16XMax));
+      const int64_t k = c0 + e;
+      const int64_t at = grouped ? k - k % 128 + q16_group_position(k % 128) : c0 + q16_position(e);
+      xq[at] = static_cast<int16_t>(std::clamp<long>(q, -kQ16XMax, kQ16XMax));
     }
     xscale[c0 / kQ16Chunk] = amax / (static_cast<float>(kQ16XMax) * static_cast<float>(kQ16CodeScale));
   }
@@ -75,10 +78,14 @@ void nf4_gemv_q16(const float* x, int64_t M, const NF4Matrix& W, const float* bi
   const int64_t K = W.cols, N = W.rows;
   int16_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = static_cast<int16_t>(std::lrint(W.code[c] * kQ16CodeScale));
-  const Q16RowsKernel kernel = simd_level() >= SimdLevel::AVX2 ? gemv_q16_rows_avx2 : gemv_q16_rows_scalar;
+  // AVX-512 with VNNI on 128-element groups; else AVX2 (64-element chunks); else the scalar reference.
+  const bool grouped = simd_level() >= SimdLevel::AVX512 && cpu_features().avx512_vnni && K % 128 == 0;
+  const Q16RowsKernel kernel = grouped                             ? gemv_q16_rows_avx512vnni
+                               : simd_level() >= SimdLevel::AVX2 ? gemv_q16_rows_avx2
+                                                                 : gemv_q16_rows_scalar;
   AlignedBuffer xq(sizeof(int16_t) * K), xscale(sizeof(float) * (K / kQ16Chunk));
   for (int64_t m = 0; m < M; ++m) {
-    if (!quantize_activations(x + m * K, K, xq.as<int16_t>(), xscale.as<float>())) {
+    if (!quantize_activations(x + m * K, K, xq.as<int16_t>(), xscale.as<float>(), grouped)) {
       nf4_matmul(x + m * K, 1, W, bias, y + m * N);
       continue;
     }

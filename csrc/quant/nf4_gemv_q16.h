@@ -50,4 +50,10 @@ void gemv_q16_rows_scalar(const NF4Matrix& W, const int16_t* table, const int16_
 void gemv_q16_rows_avx2(const NF4Matrix& W, const int16_t* table, const int16_t* xq, const float* xscale,
                         const float* bias, int64_t n0, int64_t n1, float* y);
 
+// The AVX-512 VNNI kernel reads 128-element groups (needs in_features % 128 == 0) with x in this
+// order per group: word lane e / 4 of x vector (e % 4) ^ 1 (see nf4_gemv_q16_avx512vnni.cpp).
+constexpr int64_t q16_group_position(int64_t e) { return 32 * ((e % 4) ^ 1) + e / 4; }
+void gemv_q16_rows_avx512vnni(const NF4Matrix& W, const int16_t* table, const int16_t* xq, const float* xscale,
+                              const float* bias, int64_t n0, int64_t n1, float* y);
+
 }  // namespace ecomllm::quant
