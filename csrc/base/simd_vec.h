@@ -2,7 +2,7 @@
 // from a file built with -mavx2 -mfma (after #define ECOM_SIMD_AVX2) or with the AVX-512 flags
 // (after #define ECOM_SIMD_AVX512). Everything has internal linkage, so the linker never hands one
 // ISA's build to code running on a CPU that lacks it. Used by nn/swiglu_simd.h and
-// nn/lora_kernels_simd.h (the NF4 kernels keep their own, with lookup helpers).
+// nn/lora_kernels_simd.h and quant/nf4_kernels_simd.h.
 #pragma once
 
 #include <immintrin.h>
@@ -27,6 +27,7 @@ inline V min(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
 inline V max(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }   // a b + c
 inline V fnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a b
+inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
 // v with 0 in the lanes where x == value.
 inline V zero_where_equal(V x, float value, V v) {
   return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x.v, _mm512_set1_ps(value), _CMP_NEQ_UQ), v.v)};
@@ -53,6 +54,12 @@ inline V min(V a, V b) { return {_mm256_min_ps(a.v, b.v)}; }
 inline V max(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
 inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline V fnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
+inline float hsum(V a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 inline V zero_where_equal(V x, float value, V v) {
   return {_mm256_andnot_ps(_mm256_cmp_ps(x.v, _mm256_set1_ps(value), _CMP_EQ_OQ), v.v)};
 }

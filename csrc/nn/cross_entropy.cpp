@@ -1,5 +1,5 @@
 // First line of the file so that every function in it (headers included) shares the option:
-// without it GCC will not if-convert the clamps of exp_approx and the hot loops stay scalar. We
+// without it GCC will not if-convert max_f32's comparisons and the row maximum stays scalar. We
 // never read floating-point exception flags, so assuming no traps changes no result.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")

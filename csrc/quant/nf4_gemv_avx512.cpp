@@ -19,21 +19,12 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "quant/nf4_group_scales_avx512.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::quant {
-namespace {
-
-// Software prefetch distance in the packed stream (one line per group). Measured streaming 1 GB of
-// 4096 x 4096 matrices on Sapphire Rapids, 2 threads: none 13.5 GB/s, 512 B 12.9, 2-4 KiB 17-20
-// (run-to-run noise decides between them), 8 KiB 19.5; _MM_HINT_T1 no better, NTA worse.
-constexpr int64_t kPrefetchBytes = 2048;
-
-}  // namespace
 
 void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1,
                               float* y) {
@@ -42,7 +33,7 @@ void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* 
       W, bias, n0, n1, y, [](int64_t, int64_t, __m512 scales) { return scales; },
       [&](const uint8_t* p, int64_t g) {
         const float* xv = xg + g * kGroup;
-        _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p) + kGroupPrefetchBytes, _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(p);
         // lookup(s) = table[bits s .. s+3 of every lane]: element 8 i + (s / 4 ^ 1) of the group.
         auto lookup = [&](int s) { return _mm512_permutexvar_ps(_mm512_srli_epi32(v, s), table); };

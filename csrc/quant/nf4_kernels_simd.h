@@ -14,27 +14,18 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base/simd_vec.h"
 #include "quant/nf4_kernels_common.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::quant {
 namespace {
 
+using namespace simd;  // V (fp32 vector of the ISA), load, store, set1, zero, add, fma, hsum
+
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 #if defined(ECOM_SIMD_AVX512)
-struct V {
-  static constexpr int kLanes = 16;
-  __m512 v;
-  static V load(const float* p) { return {_mm512_loadu_ps(p)}; }
-  static V zero() { return {_mm512_setzero_ps()}; }
-  static V set1(float f) { return {_mm512_set1_ps(f)}; }
-  void store(float* p) const { _mm512_storeu_ps(p, v); }
-};
-inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
-inline float hsum(V a) { return _mm512_reduce_add_ps(a.v); }
-
 struct Lut {
   __m512 table;
   explicit Lut(const float* code16) : table(_mm512_loadu_ps(code16)) {}
@@ -58,23 +49,6 @@ constexpr int kGemmTMR = 14;  // backward: 14 dy rows x 2 vectors of dx columns 
                               // registers); 3-4% faster than 12 on Sapphire Rapids, M = 1024
 
 #elif defined(ECOM_SIMD_AVX2)
-struct V {
-  static constexpr int kLanes = 8;
-  __m256 v;
-  static V load(const float* p) { return {_mm256_loadu_ps(p)}; }
-  static V zero() { return {_mm256_setzero_ps()}; }
-  static V set1(float f) { return {_mm256_set1_ps(f)}; }
-  void store(float* p) const { _mm256_storeu_ps(p, v); }
-};
-inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
-inline float hsum(V a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 struct Lut {
   __m256 low8, high8;  // codes 0-7 and 8-15
   explicit Lut(const float* code16) : low8(_mm256_loadu_ps(code16)), high8(_mm256_loadu_ps(code16 + 8)) {}
@@ -150,13 +124,13 @@ void gemv_rows(const NF4Matrix& W, const float* x_even, const float* x_odd, cons
     // single accumulator chain.
     V even[2][kGroupVecs], odd[2][kGroupVecs];
     for (int u = 0; u < 2; ++u)
-      for (int d = 0; d < kGroupVecs; ++d) even[u][d] = odd[u][d] = V::zero();
+      for (int d = 0; d < kGroupVecs; ++d) even[u][d] = odd[u][d] = zero();
     auto step = [&](int u, int64_t j, const Lut& block_lut) {  // j: byte index == x_even / x_odd index
       V hi[kGroupVecs], lo[kGroupVecs];
       decode16(row + j, block_lut, hi, lo);
       for (int d = 0; d < kGroupVecs; ++d) {
-        even[u][d] = fma(hi[d], V::load(x_even + j + d * V::kLanes), even[u][d]);
-        odd[u][d] = fma(lo[d], V::load(x_odd + j + d * V::kLanes), odd[u][d]);
+        even[u][d] = fma(hi[d], load(x_even + j + d * V::kLanes), even[u][d]);
+        odd[u][d] = fma(lo[d], load(x_odd + j + d * V::kLanes), odd[u][d]);
       }
     };
     // Block scales are decoded a chunk at a time in their own loop (vectorisable, and off the
@@ -214,7 +188,7 @@ void dequant_tile(const NF4Matrix& W, int64_t n0, int64_t n1, int64_t k0, int64_
           V hi[kGroupVecs], lo[kGroupVecs], w[2 * kGroupVecs];
           decode16(row + k / 2, block_lut, hi, lo);
           interleave(hi, lo, w);
-          for (int d = 0; d < 2 * kGroupVecs; ++d) w[d].store(dst + k + d * V::kLanes);
+          for (int d = 0; d < 2 * kGroupVecs; ++d) store(dst + k + d * V::kLanes, w[d]);
         }
       }
     }
@@ -230,16 +204,16 @@ inline void store_rows(const V (*acc)[2], int mv, int kv, float* out, int64_t ld
     float* o = out + i * ldo;
     if (kv == 2 * V::kLanes) {
       if (accumulate) {
-        add(acc[i][0], V::load(o)).store(o);
-        add(acc[i][1], V::load(o + V::kLanes)).store(o + V::kLanes);
+        store(o, add(acc[i][0], load(o)));
+        store(o + V::kLanes, add(acc[i][1], load(o + V::kLanes)));
       } else {
-        acc[i][0].store(o);
-        acc[i][1].store(o + V::kLanes);
+        store(o, acc[i][0]);
+        store(o + V::kLanes, acc[i][1]);
       }
     } else {
       float row[2 * V::kLanes];
-      acc[i][0].store(row);
-      acc[i][1].store(row + V::kLanes);
+      store(row, acc[i][0]);
+      store(row + V::kLanes, acc[i][1]);
       for (int k = 0; k < kv; ++k) o[k] = accumulate ? o[k] + row[k] : row[k];
     }
   }
@@ -249,13 +223,13 @@ inline void store_rows(const V (*acc)[2], int mv, int kv, float* out, int64_t ld
 // tile is written back as contiguous rows of y; x values are broadcast.
 void gemm_tile(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mv, int nv, bool accumulate) {
   V acc[kGemmMR][2];
-  for (int i = 0; i < kGemmMR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int i = 0; i < kGemmMR; ++i) acc[i][0] = acc[i][1] = zero();
   for (int64_t k = 0; k < kc; ++k) {
-    const V w0 = V::load(wp + k * kGemmNR), w1 = V::load(wp + k * kGemmNR + V::kLanes);
+    const V w0 = load(wp + k * kGemmNR), w1 = load(wp + k * kGemmNR + V::kLanes);
     const float* xk = xp + k * kGemmMR;
 #pragma GCC unroll 16
     for (int i = 0; i < kGemmMR; ++i) {
-      const V b = V::set1(xk[i]);
+      const V b = set1(xk[i]);
       acc[i][0] = fma(w0, b, acc[i][0]);
       acc[i][1] = fma(w1, b, acc[i][1]);
     }
@@ -321,9 +295,9 @@ void pack_panel(const float* rows, int64_t ld, int64_t kc, float* panel) {
   for (; k0 + L <= kc; k0 += L)
     for (int jb = 0; jb < kGemmNR; jb += L) {
       decltype(V::v) r[L], out[L];
-      for (int j = 0; j < L; ++j) r[j] = V::load(rows + (jb + j) * ld + k0).v;
+      for (int j = 0; j < L; ++j) r[j] = load(rows + (jb + j) * ld + k0).v;
       transpose_block(r, out);
-      for (int c = 0; c < L; ++c) V{out[c]}.store(panel + (k0 + c) * kGemmNR + jb);
+      for (int c = 0; c < L; ++c) store(panel + (k0 + c) * kGemmNR + jb, V{out[c]});
     }
   for (; k0 < kc; ++k0)
     for (int j = 0; j < kGemmNR; ++j) panel[k0 * kGemmNR + j] = rows[j * ld + k0];
@@ -338,11 +312,11 @@ void pack_x_panel(const float* x, int64_t K, int mv, float* panel) {
   int64_t k0 = 0;
   for (; k0 + L <= K; k0 += L) {
     decltype(V::v) r[L], out[L];
-    for (int i = 0; i < L; ++i) r[i] = i < mv ? V::load(x + i * K + k0).v : V::zero().v;
+    for (int i = 0; i < L; ++i) r[i] = i < mv ? load(x + i * K + k0).v : zero().v;
     transpose_block(r, out);
     for (int c = 0; c < L; ++c) {
       alignas(64) float col[L];
-      V{out[c]}.store(col);
+      store(col, V{out[c]});
       std::memcpy(panel + (k0 + c) * kGemmMR, col, sizeof(float) * kGemmMR);
     }
   }
@@ -357,13 +331,13 @@ void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64
   const float* dyr[kGemmTMR];
   for (int i = 0; i < kGemmTMR; ++i) {
     dyr[i] = dy + (i < mv ? i : 0) * ldy;  // rows past mv repeat row 0; their results are dropped
-    acc[i][0] = acc[i][1] = V::zero();
+    acc[i][0] = acc[i][1] = zero();
   }
   for (int64_t n = 0; n < nc; ++n) {
-    const V w0 = V::load(w + n * ldw), w1 = V::load(w + n * ldw + V::kLanes);
+    const V w0 = load(w + n * ldw), w1 = load(w + n * ldw + V::kLanes);
 #pragma GCC unroll 16
     for (int i = 0; i < kGemmTMR; ++i) {
-      const V b = V::set1(dyr[i][n]);
+      const V b = set1(dyr[i][n]);
       acc[i][0] = fma(w0, b, acc[i][0]);
       acc[i][1] = fma(w1, b, acc[i][1]);
     }
