@@ -34,6 +34,7 @@ CpuFeatures detect() {
     const uint64_t xcr0 = read_xcr0();
     f.os_avx = (xcr0 & 0x6) == 0x6;
     f.os_avx512 = f.os_avx && (xcr0 & 0xe0) == 0xe0;
+    f.os_amx = (xcr0 & 0x60000) == 0x60000;
   }
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.avx2 = (b >> 5) & 1;
@@ -43,6 +44,8 @@ CpuFeatures detect() {
     f.avx512vl = (b >> 31) & 1;
     f.avx512_vbmi = (c >> 1) & 1;
     f.avx512_vnni = (c >> 11) & 1;
+    f.amx_bf16 = (d >> 22) & 1;
+    f.amx_tile = (d >> 24) & 1;
   }
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = (a >> 5) & 1;
 #endif

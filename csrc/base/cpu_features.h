@@ -22,8 +22,12 @@ struct CpuFeatures {
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
   bool avx512_vbmi = false;
+  bool amx_tile = false;
+  bool amx_bf16 = false;
   bool os_avx = false;     // OS saves YMM state (XCR0 bits 1,2)
   bool os_avx512 = false;  // OS saves ZMM/opmask state (XCR0 bits 5,6,7)
+  bool os_amx = false;     // OS supports AMX tile state (XCR0 bits 17,18); a process must still ask
+                           // Linux for permission to use it (quant/amx_tiles.h does)
 
   // The best level usable on this machine: AVX2 needs avx2+fma+f16c and OS YMM support;
   // AVX512 needs F/BW/VL/DQ and OS ZMM support.

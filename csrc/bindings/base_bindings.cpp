@@ -5,6 +5,7 @@
 
 #include "base/cpu_features.h"
 #include "base/fma_peak.h"
+#include "quant/amx_tiles.h"
 #include "base/half.h"
 #include "base/parallel.h"
 #include "bindings/numpy_views.h"
@@ -47,6 +48,9 @@ void bind_base(py::module_& m) {
     d["avx512_vbmi"] = f.avx512_vbmi;
     d["os_avx"] = f.os_avx;
     d["os_avx512"] = f.os_avx512;
+    d["amx_tile"] = f.amx_tile;
+    d["amx_bf16"] = f.amx_bf16;
+    d["os_amx"] = f.os_amx;
     d["best_level"] = simd_level_name(f.best_level());
     return d;
   }, "CPU features detected with cpuid/xgetbv, and the best SIMD level usable here.");
@@ -54,6 +58,13 @@ void bind_base(py::module_& m) {
         "The SIMD level kernels use now: 'scalar', 'avx2' or 'avx512'.");
   m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); }, py::arg("level"),
         "Force a SIMD level (ValueError if this CPU cannot run it). Also settable with ECOMLLM_CPU.");
+  m.def("amx_supported", &quant::amx_supported,
+        "True where this CPU and OS can run the AMX-BF16 tile kernels (and Linux granted the tile permission).");
+  m.def("amx_enabled", &quant::amx_usable,
+        "True while the tiled fp32/NF4/bf16 products run on AMX (bf16x3, fp32-accurate): AMX supported, "
+        "SIMD level avx512, and not switched off by ECOMLLM_AMX=0 or set_amx_enabled(False).");
+  m.def("set_amx_enabled", &quant::set_amx_enabled, py::arg("enabled"),
+        "Switch the AMX tile path on or off (off: the AVX-512 kernels). Also settable with ECOMLLM_AMX=0|1.");
   m.def("max_threads", &max_threads, "OpenMP threads kernels use (OMP_NUM_THREADS).");
   m.def(
       "fma_peak_gflops",

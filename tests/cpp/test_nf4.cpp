@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/cpu_features.h"
+#include "quant/amx_tiles.h"
 #include "quant/nf4.h"
 #include "quant/nf4_gemv_q16.h"
 #include "quant/nf4_kernels_common.h"
@@ -184,6 +185,25 @@ std::vector<SimdLevel> available_levels() {
   return levels;
 }
 
+// A SIMD level, with the AMX tile path on or off (on only exists at AVX512 on AMX CPUs).
+struct LevelMode {
+  SimdLevel level;
+  bool amx;
+};
+std::vector<LevelMode> available_modes() {
+  std::vector<LevelMode> modes;
+  for (SimdLevel level : available_levels()) {
+    modes.push_back({level, false});
+    if (level == SimdLevel::AVX512 && amx_supported()) modes.push_back({level, true});
+  }
+  return modes;
+}
+void apply(const LevelMode& mode) {
+  set_simd_level(mode.level);
+  set_amx_enabled(mode.amx);
+}
+std::string name(const LevelMode& mode) { return std::string(simd_level_name(mode.level)) + (mode.amx ? "+amx" : ""); }
+
 struct Shape {
   int64_t M, N, K, bs;
   bool dq;
@@ -191,7 +211,10 @@ struct Shape {
 
 class NF4MatmulLevels : public ::testing::TestWithParam<Shape> {
  protected:
-  void TearDown() override { set_simd_level(cpu_features().best_level()); }
+  void TearDown() override {
+    set_simd_level(cpu_features().best_level());
+    set_amx_enabled(true);
+  }
 };
 
 TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
@@ -208,19 +231,19 @@ TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
       y_ref[m * s.N + n] = acc;
       for (int64_t k = 0; k < s.K; ++k) dx_ref[m * s.K + k] += static_cast<double>(dy[m * s.N + n]) * wd[n * s.K + k];
     }
-  for (SimdLevel level : available_levels()) {
-    set_simd_level(level);
+  for (const LevelMode& level : available_modes()) {
+    apply(level);
     std::vector<float> y(s.M * s.N, NAN), dx(s.M * s.K, NAN);
     nf4_matmul(x.data(), s.M, w.m, bias.data(), y.data());
     nf4_matmul_t(dy.data(), s.M, w.m, dx.data());
-    EXPECT_LE(rel_err(y, y_ref), 1e-5) << simd_level_name(level) << " forward";
-    EXPECT_LE(rel_err(dx, dx_ref), 1e-5) << simd_level_name(level) << " backward";
+    EXPECT_LE(rel_err(y, y_ref), 1e-5) << name(level) << " forward";
+    EXPECT_LE(rel_err(dx, dx_ref), 1e-5) << name(level) << " backward";
     // accumulate = true adds to what dx holds (the LoRA backward sums several products into dx)
     std::vector<float> dx_acc(s.M * s.K, 0.5f);
     std::vector<double> dx_acc_ref(dx_ref);
     for (double& v : dx_acc_ref) v += 0.5;
     nf4_matmul_t(dy.data(), s.M, w.m, dx_acc.data(), /*accumulate=*/true);
-    EXPECT_LE(rel_err(dx_acc, dx_acc_ref), 1e-5) << simd_level_name(level) << " backward, accumulate";
+    EXPECT_LE(rel_err(dx_acc, dx_acc_ref), 1e-5) << name(level) << " backward, accumulate";
     // a low-rank term in the same pass: dx = dy W + g A (LoRA's input gradient), g [M, 5], A [5, K]
     const int64_t r = 5;
     const std::vector<float> g = random_normal(s.M * r, 19), a = random_normal(r * s.K, 23);
@@ -231,7 +254,7 @@ TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
     std::vector<float> dx_lr(s.M * s.K, NAN);
     const LowRankTerm term{g.data(), a.data(), r};
     nf4_matmul_t(dy.data(), s.M, w.m, dx_lr.data(), /*accumulate=*/false, &term);
-    EXPECT_LE(rel_err(dx_lr, dx_lr_ref), 1e-5) << simd_level_name(level) << " backward + low-rank term";
+    EXPECT_LE(rel_err(dx_lr, dx_lr_ref), 1e-5) << name(level) << " backward + low-rank term";
     // and in the forward: y = x W^T + bias + scale u b^T (LoRA's output term), u [M, 5], b [N, 5];
     // GEMV rows (M <= 3) and tiled rows both, edge tiles included
     const std::vector<float> u = random_normal(s.M * r, 29), b = random_normal(s.N * r, 31);
@@ -243,7 +266,7 @@ TEST_P(NF4MatmulLevels, ForwardAndBackwardMatchFp64Reference) {
     std::vector<float> y_lr(s.M * s.N, NAN);
     const LowRankOutput out_term{u.data(), b.data(), r, scale};
     nf4_matmul(x.data(), s.M, w.m, bias.data(), y_lr.data(), &out_term);
-    EXPECT_LE(rel_err(y_lr, y_lr_ref), 1e-5) << simd_level_name(level) << " forward + low-rank term";
+    EXPECT_LE(rel_err(y_lr, y_lr_ref), 1e-5) << name(level) << " forward + low-rank term";
   }
 }
 
@@ -345,10 +368,10 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
           y_ref[m * s.N + n] = acc;
           for (int64_t k = 0; k < s.K; ++k) dx_ref[m * s.K + k] += static_cast<double>(dy[m * s.N + n]) * wd[n * s.K + k];
         }
-      for (SimdLevel level : available_levels()) {
-        set_simd_level(level);
+      for (const LevelMode& level : available_modes()) {
+        apply(level);
         std::vector<float> y(s.M * s.N, NAN), dx(s.M * s.K, 0.5f);
-        const std::string what = std::string(simd_level_name(level)) + (variant == 0 ? " f32 " : " bf16 ") +
+        const std::string what = name(level) + (variant == 0 ? " f32 " : " bf16 ") +
                                  std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
         if (variant == 0) {
           f32_matmul(x.data(), s.M, w.data(), s.N, s.K, y.data());
@@ -386,6 +409,7 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
     }
   }
   set_simd_level(cpu_features().best_level());
+  set_amx_enabled(true);
   std::vector<float> x(4), y(4);
   EXPECT_THROW(f32_matmul(x.data(), 1, nullptr, 2, 2, y.data()), ValueError);
   EXPECT_THROW(f32_matmul(x.data(), 0, x.data(), 2, 2, y.data()), ValueError);
@@ -400,6 +424,32 @@ TEST(NF4Matmul, RejectsInconsistentMatrix) {
   bad = w.m;
   bad.blocksize = 48;
   EXPECT_THROW(nf4_matmul(x.data(), 1, bad, nullptr, y.data()), ValueError);
+}
+
+// The AMX path splits fp32 into three bf16 parts and keeps six cross products: its error must
+// stay at fp32 level (here ~2e-7 of max |y| at K = 256), well below what dropping one product
+// (~4e-6) or one part (~4e-3) would give -- 1e-5 alone would not see a lost 2^-18 term.
+TEST(AmxTiles, KeepFp32Accuracy) {
+  if (!amx_supported()) GTEST_SKIP() << "no AMX-BF16 here";
+  set_simd_level(SimdLevel::AVX512);
+  set_amx_enabled(true);
+  ASSERT_TRUE(amx_usable());
+  const int64_t M = 64, N = 48, K = 256;
+  std::vector<float> w = random_normal(N * K, 43), x = random_normal(M * K, 47), dy = random_normal(M * N, 53);
+  for (size_t i = 0; i < w.size(); ++i) w[i] *= std::exp2(static_cast<float>(i % 9) - 4.0f);  // mixed magnitudes
+  std::vector<double> y_ref(M * N, 0.0), dx_ref(M * K, 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        y_ref[m * N + n] += static_cast<double>(x[m * K + k]) * w[n * K + k];
+        dx_ref[m * K + k] += static_cast<double>(dy[m * N + n]) * w[n * K + k];
+      }
+  std::vector<float> y(M * N), dx(M * K);
+  f32_matmul(x.data(), M, w.data(), N, K, y.data());
+  f32_matmul_t(dy.data(), M, w.data(), N, K, dx.data(), /*accumulate=*/false);
+  EXPECT_LE(rel_err(y, y_ref), 1e-6);
+  EXPECT_LE(rel_err(dx, dx_ref), 1e-6);
+  set_simd_level(cpu_features().best_level());
 }
 
 }  // namespace

@@ -159,12 +159,12 @@ def test_conversion_shapes_and_dtypes():
 # ---- CPU features ----------------------------------------------------------------------------------
 
 FEATURE_KEYS = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_vnni",
-                "avx512_vbmi", "os_avx", "os_avx512"}
+                "avx512_vbmi", "amx_tile", "amx_bf16", "os_avx", "os_avx512", "os_amx"}
 
 
 def test_cpu_info():
     info = ecomllm.cpu_info()
-    assert FEATURE_KEYS | {"best_level", "simd_level", "threads"} <= set(info)
+    assert FEATURE_KEYS | {"best_level", "simd_level", "threads", "amx"} <= set(info)
     for k in FEATURE_KEYS:
         assert isinstance(info[k], bool), k
     assert info["best_level"] in ("scalar", "avx2", "avx512")
@@ -240,3 +240,29 @@ def test_env_level_above_cpu_is_rejected():
     too_high = "avx512" if best == "avx2" else "avx2"
     proc = _run_with_env("import ecomllm; print(ecomllm.simd_level())", too_high)
     assert proc.returncode > 0 and "does not support" in proc.stderr, proc.stderr
+
+
+def test_amx_switch():
+    """ECOMLLM_AMX / set_amx_enabled turn the AMX tile path off and on; it only runs at avx512 on AMX CPUs,
+    and a product of 40 rows gives fp32-accurate results either way."""
+    code = ("import numpy as np, ecomllm; from ecomllm import _core; from ecomllm.quant import NF4Tensor\n"
+            "w = np.random.default_rng(0).standard_normal((70, 96)).astype(np.float32)\n"
+            "t = NF4Tensor.quantize(w); x = np.random.default_rng(1).standard_normal((40, 96)).astype(np.float32)\n"
+            "ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T\n"
+            "a = _core.amx_enabled(); ok = [np.abs(t.matmul(x) - ref).max() / np.abs(ref).max() < 1e-5]\n"
+            "ecomllm.set_amx_enabled(True); b = _core.amx_enabled()\n"
+            "ok.append(np.abs(t.matmul(x) - ref).max() / np.abs(ref).max() < 1e-5)\n"
+            "_core.set_simd_level('scalar'); c = _core.amx_enabled()\n"
+            "print(a, b, c, ecomllm.cpu_info()['amx'], all(ok))")
+    supported = _core.amx_supported()
+    for value, starts_on in (("0", False), ("off", False), ("1", True), (None, True)):
+        env = {k: v for k, v in os.environ.items() if k not in ("ECOMLLM_CPU", "ECOMLLM_AMX")}
+        if value is not None:
+            env["ECOMLLM_AMX"] = value
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        # the scalar level never uses AMX; cpu_info()["amx"] was read at scalar
+        assert proc.stdout.split() == [str(starts_on and supported), str(supported), "False", "False", "True"], \
+            (value, proc.stdout)
+    if supported:
+        assert _core.cpu_features()["amx_tile"] and _core.cpu_features()["amx_bf16"] and _core.cpu_features()["os_amx"]

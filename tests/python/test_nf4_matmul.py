@@ -26,19 +26,28 @@ from ecomllm.quant import NF4Tensor
 TOL = 1e-5
 BEST = _core.cpu_features()["best_level"]
 LEVELS = ["scalar"] + (["avx2"] if BEST in ("avx2", "avx512") else []) + (["avx512"] if BEST == "avx512" else [])
+# "amx": the avx512 level with the AMX tile path on (products of M >= 32 rows); "avx512" runs with it off.
+LEVELS += ["amx"] if _core.amx_supported() else []
 SIMD_LEVELS = [lv for lv in LEVELS if lv != "scalar"]
+
+
+def _set_level(lv: str) -> None:
+    _core.set_simd_level("avx512" if lv == "amx" else lv)
+    _core.set_amx_enabled(lv == "amx")
 DIMS = [1, 3, 17, 63, 65, 1000, 4097]
 
 
 @pytest.fixture(params=LEVELS)
 def level(request):
     """Runs the test at one SIMD level and restores the original level afterwards."""
-    original = _core.simd_level()
-    _core.set_simd_level(request.param)
-    assert _core.simd_level() == request.param
+    original, original_amx = _core.simd_level(), _core.amx_enabled()
+    _set_level(request.param)
+    assert _core.simd_level() == ("avx512" if request.param == "amx" else request.param)
+    assert _core.amx_enabled() == (request.param == "amx")
     yield request.param
     _core.set_simd_level(original)
-    assert _core.simd_level() == original
+    _core.set_amx_enabled(original_amx)
+    assert _core.simd_level() == original and _core.amx_enabled() == original_amx
 
 
 def _cases():
@@ -190,21 +199,27 @@ def test_simd_levels_agree_with_scalar(case, dq):
     x = _x((m, k))
     dy = _x((m, n), seed=3)
     bias = _x((n,), seed=4)
+    original = _core.simd_level()
     _core.set_simd_level("scalar")
     y_s, dx_s, deq_s, sc_s = t.matmul(x, bias=bias), t.matmul_t(dy), t.dequantize(), t.block_scales()
-    for lv in SIMD_LEVELS:
-        _core.set_simd_level(lv)
-        y, dx = t.matmul(x, bias=bias), t.matmul_t(dy)
-        assert rel_err(y, y_s) <= TOL, f"{lv} forward vs scalar: {rel_err(y, y_s):.3g}"
-        assert rel_err(dx, dx_s) <= TOL, f"{lv} backward vs scalar: {rel_err(dx, dx_s):.3g}"
-        assert_bits_equal(t.dequantize(), deq_s, f"dequantize at {lv}")
-        assert_bits_equal(t.block_scales(), sc_s, f"block_scales at {lv}")
+    original_amx = _core.amx_enabled()
+    try:
+        for lv in SIMD_LEVELS:
+            _set_level(lv)
+            y, dx = t.matmul(x, bias=bias), t.matmul_t(dy)
+            assert rel_err(y, y_s) <= TOL, f"{lv} forward vs scalar: {rel_err(y, y_s):.3g}"
+            assert rel_err(dx, dx_s) <= TOL, f"{lv} backward vs scalar: {rel_err(dx, dx_s):.3g}"
+            assert_bits_equal(t.dequantize(), deq_s, f"dequantize at {lv}")
+            assert_bits_equal(t.block_scales(), sc_s, f"block_scales at {lv}")
+    finally:
+        _core.set_simd_level(original)
+        _core.set_amx_enabled(original_amx)
 
 
 def test_repeatable_and_thread_safe(level):
     """Same call, same bits; concurrent calls from Python threads (GIL released) agree."""
     t, _ = _weight(1000, 4096, 64, True)
-    xs = [_x((m, 4096), seed=m) for m in (1, 3, 8)]
+    xs = [_x((m, 4096), seed=m) for m in (1, 3, 8, 40)]
     expected = [t.matmul(x) for x in xs]
     for x, e in zip(xs, expected):
         assert_bits_equal(t.matmul(x), e, "repeat")
@@ -231,7 +246,7 @@ def test_large_magnitudes(level):
     w[3] *= np.float32(1e-40)  # a row of tiny weights (1e-20)
     t = NF4Tensor.quantize(w, blocksize=64, double_quant=False)
     wd = t.dequantize().astype(np.float64)
-    for m in (1, 5):
+    for m in (1, 5, 40):
         x = rng.standard_normal((m, k)).astype(F32)
         y = t.matmul(x).astype(np.float64)
         ref = x.astype(np.float64) @ wd.T
@@ -242,7 +257,8 @@ def test_large_magnitudes(level):
 def test_set_simd_level_api():
     original = ecomllm.simd_level()
     assert original in ("scalar", "avx2", "avx512")
-    for lv in LEVELS:
+    real_levels = [lv for lv in LEVELS if lv != "amx"]
+    for lv in real_levels:
         ecomllm.set_simd_level(lv)
         assert ecomllm.simd_level() == lv == _core.simd_level()
         assert ecomllm.cpu_info()["simd_level"] == lv
@@ -251,7 +267,7 @@ def test_set_simd_level_api():
             _core.set_simd_level(bad)
         with pytest.raises(ValueError):
             ecomllm.set_simd_level(bad)
-    assert ecomllm.simd_level() == LEVELS[-1]  # failed calls change nothing
+    assert ecomllm.simd_level() == real_levels[-1]  # failed calls change nothing
 
 
 @pytest.mark.skipif(BEST == "avx512", reason="every level is supported by this CPU")

@@ -1,0 +1,53 @@
+// fp32-accurate products on Intel AMX (AMX-BF16 tiles), for the tiled NF4 / fp32 / bf16 GEMM drivers.
+//
+// AMX multiplies bf16 pairs into fp32 accumulators, ~14x the fp32 FMA rate of AVX-512 on a
+// Sapphire Rapids core. To keep fp32 accuracy ("bf16x3", as in FP32 emulation on matrix engines),
+// every fp32 operand v is split into three bf16 planes, v = p0 + p1 + p2 exactly up to ~2^-27 |v|:
+//   p0 = bf16(v), p1 = bf16(v - p0), p2 = bf16(v - p0 - p1)      (each subtraction exact in fp32)
+// and a product keeps the six cross terms down to 2^-16 relative:
+//   a b ~ a0 b0 + a0 b1 + a1 b0 + a0 b2 + a1 b1 + a2 b0
+// (the dropped terms are below 2^-24 relative: the size of fp32 rounding itself). Accumulation is
+// fp32 in the tiles. Inputs must be finite and below ~3.38e38 (bf16's largest finite value), and
+// values below ~1e-33 lose their low planes (the tiles treat bf16 denormals as zero).
+//
+// Layouts (uint16 = bf16 bits; one tile = 16 rows x 64 bytes = 512 bf16):
+//   A panel of 16 rows over `steps` x 32 reduction columns: [steps][3 planes][16 rows][32]
+//   B panel of 32 output columns over `steps` x 32 reduction rows, AMX's pair-interleaved
+//   ("VNNI") layout: [steps][3 planes][2 column tiles][16 reduction pairs][16 columns][2]
+// The functions here are compiled with AMX/AVX512-BF16 flags (amx_tiles_amx.cpp): call them only
+// when amx_usable() is true.
+#pragma once
+
+#include <cstdint>
+
+namespace ecomllm::quant {
+
+constexpr int64_t kAmxStep = 32;       // reduction elements per tile step
+constexpr int64_t kAmxTileElems = 512;  // bf16 per tile (16 x 32)
+constexpr int64_t kAmxAStepElems = 3 * kAmxTileElems;      // one A panel step: 3 planes
+constexpr int64_t kAmxBStepElems = 3 * 2 * kAmxTileElems;  // one B panel step: 3 planes x 2 tiles
+
+// True where the CPU has AMX-TILE + AMX-BF16 + AVX512-BF16, the OS saves tile state and granted
+// this process the tile data permission (Linux arch_prctl, asked once), the active SIMD level is
+// AVX-512, and AMX is enabled (ECOMLLM_AMX=0 in the environment or set_amx_enabled(false) turn
+// it off, e.g. to compare against the AVX-512 kernels).
+bool amx_usable();
+bool amx_supported();  // the hardware / OS part of amx_usable()
+void set_amx_enabled(bool enabled);
+bool amx_enabled();
+
+// A panel: rows i < mv of a (row stride lda), reduction columns [0, red) of them; rows mv..15
+// and columns red .. steps * 32 are zero.
+void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps, uint16_t* out);
+// B panel from W stored output-column-major (the forward's W rows): B[r][j] = w[j * ldw + r] for
+// j < nv output columns, r < red; zero elsewhere.
+void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t steps, uint16_t* out);
+// B panel from W stored reduction-row-major (the backward's W): B[r][j] = w[r * ldw + j] for
+// r < red, j < nv; zero elsewhere.
+void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t steps, uint16_t* out);
+// c[32 x 32] block (+)= [A panel a0; A panel a1] x B panel over `steps` steps; only rows < mv and
+// columns < nv of c (row stride ldc) are read or written.
+void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, float* c, int64_t ldc,
+               int mv, int nv, bool accumulate);
+
+}  // namespace ecomllm::quant

@@ -1,0 +1,207 @@
+// AMX-BF16 leaf kernels of the bf16x3 products (see amx_tiles.h). Built with -mamx-tile
+// -mamx-bf16 -mavx512bf16 (CMake rule for *_amx.cpp); runs only where amx_usable() said yes.
+// Internal helpers have internal linkage and no std:: templates are used, so no AMX/AVX-512
+// instantiation can leak to code running on other CPUs.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/amx_tiles.h"
+
+namespace ecomllm::quant {
+namespace {
+
+// The three bf16 planes of 16 fp32 values (round to nearest even at each split).
+struct Planes16 {
+  __m256i p[3];
+};
+inline __m512 widen(__m256i bf16) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)); }
+inline __m256i to_bf16(__m512 v) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)); }
+inline Planes16 split(__m512 v) {
+  Planes16 s;
+  s.p[0] = to_bf16(v);
+  const __m512 r1 = _mm512_sub_ps(v, widen(s.p[0]));  // exact: v and p0 agree in their top 8 bits
+  s.p[1] = to_bf16(r1);
+  const __m512 r2 = _mm512_sub_ps(r1, widen(s.p[1]));
+  s.p[2] = to_bf16(r2);
+  return s;
+}
+
+inline __mmask16 lanes(int64_t valid) { return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? 0 : __mmask16((1u << valid) - 1); }
+
+// 16 x 16 transpose of 32-bit elements: r[i] row i in, r[j] column j out.
+inline void transpose16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // r[4 i + c], 128-bit lane L: element 4 L + c of rows 4 i .. 4 i + 3
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);       // lanes 0, 2 of rows 0-7
+    const __m512i b = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);       // lanes 1, 3
+    const __m512i d = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512i e = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_shuffle_i32x4(a, d, 0x88);       // lane 0 of all: element c
+    t[8 + c] = _mm512_shuffle_i32x4(a, d, 0xDD);   // lane 2: element 8 + c
+    t[4 + c] = _mm512_shuffle_i32x4(b, e, 0x88);   // lane 1: element 4 + c
+    t[12 + c] = _mm512_shuffle_i32x4(b, e, 0xDD);  // lane 3: element 12 + c
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+}  // namespace
+
+void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps, uint16_t* out) {
+  for (int64_t s = 0; s < steps; ++s) {
+    uint16_t* step = out + s * kAmxAStepElems;
+    const int64_t k0 = s * kAmxStep;
+    const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
+    for (int i = 0; i < 16; ++i) {
+      __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
+      if (i < mv) {
+        v0 = _mm512_maskz_loadu_ps(m0, a + i * lda + k0);
+        v1 = _mm512_maskz_loadu_ps(m1, a + i * lda + k0 + 16);
+      }
+      const Planes16 s0 = split(v0), s1 = split(v1);
+      for (int p = 0; p < 3; ++p) {
+        uint16_t* row = step + p * kAmxTileElems + i * 32;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), s0.p[p]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + 16), s1.p[p]);
+      }
+    }
+  }
+}
+
+void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t steps, uint16_t* out) {
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t k0 = s * kAmxStep;
+    const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
+    for (int jt = 0; jt < 2; ++jt) {
+      // Row j of W (output column 16 jt + j): 32 reduction values = 16 bf16 pairs per plane.
+      __m512i rows[3][16];
+      for (int j = 0; j < 16; ++j) {
+        const int col = 16 * jt + j;
+        __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
+        if (col < nv) {
+          v0 = _mm512_maskz_loadu_ps(m0, w + col * ldw + k0);
+          v1 = _mm512_maskz_loadu_ps(m1, w + col * ldw + k0 + 16);
+        }
+        const Planes16 s0 = split(v0), s1 = split(v1);
+        for (int p = 0; p < 3; ++p) rows[p][j] = _mm512_inserti64x4(_mm512_castsi256_si512(s0.p[p]), s1.p[p], 1);
+      }
+      for (int p = 0; p < 3; ++p) {
+        transpose16(rows[p]);  // row q: pair q of every column
+        uint16_t* tile = out + s * kAmxBStepElems + (p * 2 + jt) * kAmxTileElems;
+        for (int q = 0; q < 16; ++q) _mm512_storeu_si512(tile + q * 32, rows[p][q]);
+      }
+    }
+  }
+}
+
+void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t steps, uint16_t* out) {
+  // word 2 c + e of a tile row = element c of reduction row 2 q + e
+  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                              37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __mmask16 mj[2] = {lanes(nv), lanes(nv - 16)};
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int q = 0; q < 16; ++q) {
+      Planes16 e[2][2];  // [row parity][column tile]
+      for (int par = 0; par < 2; ++par) {
+        const int64_t r = s * kAmxStep + 2 * q + par;
+        for (int jt = 0; jt < 2; ++jt) {
+          const __m512 v = r < red ? _mm512_maskz_loadu_ps(mj[jt], w + r * ldw + 16 * jt) : _mm512_setzero_ps();
+          e[par][jt] = split(v);
+        }
+      }
+      for (int p = 0; p < 3; ++p)
+        for (int jt = 0; jt < 2; ++jt) {
+          const __m512i row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(e[0][jt].p[p]), interleave,
+                                                        _mm512_castsi256_si512(e[1][jt].p[p]));
+          _mm512_storeu_si512(out + s * kAmxBStepElems + (p * 2 + jt) * kAmxTileElems + q * 32, row);
+        }
+    }
+  }
+}
+
+void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, float* c, int64_t ldc,
+               int mv, int nv, bool accumulate) {
+  // Loaded on every call: other code on this thread (another library's AMX kernels) may have
+  // configured the tiles differently. ~1% of a 32-step block.
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  const bool full = mv == 32 && nv == 32;
+  alignas(64) float edge[32 * 32];
+  float* ct = c;
+  int64_t ld = ldc;
+  if (!full) {
+    std::memset(edge, 0, sizeof(edge));
+    if (accumulate)
+      for (int i = 0; i < mv; ++i) std::memcpy(edge + i * 32, c + i * ldc, sizeof(float) * nv);
+    ct = edge;
+    ld = 32;
+  }
+  const int64_t stride = ld * 4;
+  if (accumulate || !full) {
+    _tile_loadd(0, ct, stride);
+    _tile_loadd(1, ct + 16, stride);
+    _tile_loadd(2, ct + 16 * ld, stride);
+    _tile_loadd(3, ct + 16 * ld + 16, stride);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  // Tiles: 0-3 C (row block r, column tile j at 2 r + j), 4/5 A planes of row blocks 0/1, 6/7 B
+  // planes of column tiles 0/1. Per step the six plane products, grouped by B plane so each B
+  // tile is loaded once: 18 tile loads per 24 tile products.
+#define ECOM_AMX_A(p)                                   \
+  _tile_loadd(4, a0 + (s * 3 + (p)) * kAmxTileElems, 64); \
+  _tile_loadd(5, a1 + (s * 3 + (p)) * kAmxTileElems, 64); \
+  _tile_dpbf16ps(0, 4, 6);                              \
+  _tile_dpbf16ps(1, 4, 7);                              \
+  _tile_dpbf16ps(2, 5, 6);                              \
+  _tile_dpbf16ps(3, 5, 7);
+#define ECOM_AMX_B(p)                                         \
+  _tile_loadd(6, b + (s * 6 + 2 * (p)) * kAmxTileElems, 64);     \
+  _tile_loadd(7, b + (s * 6 + 2 * (p) + 1) * kAmxTileElems, 64);
+  for (int64_t s = 0; s < steps; ++s) {
+    ECOM_AMX_B(0)
+    ECOM_AMX_A(0)
+    ECOM_AMX_A(1)
+    ECOM_AMX_A(2)
+    ECOM_AMX_B(1)
+    ECOM_AMX_A(0)
+    ECOM_AMX_A(1)
+    ECOM_AMX_B(2)
+    ECOM_AMX_A(0)
+  }
+#undef ECOM_AMX_A
+#undef ECOM_AMX_B
+  _tile_stored(0, ct, stride);
+  _tile_stored(1, ct + 16, stride);
+  _tile_stored(2, ct + 16 * ld, stride);
+  _tile_stored(3, ct + 16 * ld + 16, stride);
+  if (!full)
+    for (int i = 0; i < mv; ++i) std::memcpy(c + i * ldc, edge + i * 32, sizeof(float) * nv);
+}
+
+}  // namespace ecomllm::quant
