@@ -881,7 +881,9 @@ DEFINITIONS = {
     "gemv_cache_hot_gbs": "gemv_gbs measured the same way on one matrix per shape called repeatedly (it stays in "
                           "the last-level cache): the kernel's own speed without DRAM",
     "machine_peak_gflops": "best of two runs (start, end) of ecomllm's register-only fp32 FMA probe on the same "
-                           "threads at the active SIMD level: the ceiling of any fp32 GEMM here",
+                           "threads at the active SIMD level: the ceiling of any fp32-FMA GEMM here (not of ours "
+                           "when amx is true: AMX tiles, bf16x3 with fp32 accuracy, run beside the FMA units)",
+    "amx": "whether our tiled products (gemm_gflops_m128) ran on AMX tiles (ecomllm.cpu_info()['amx'])",
     "gemm_fraction_of_peak": "gemm_gflops_m128 / machine_peak_gflops (numpy_fp32_fraction_of_peak likewise)",
     "gemm_gflops_m128": "2*M*N*K summed over gemm_shapes / sum of the median times; numpy and torch the same way",
     "gemm_vs_fp32_blas": "gemm_gflops_m128 / numpy_fp32_gflops_m128 (numpy: faster of x @ W.T and x @ WT contiguous)",
@@ -900,7 +902,8 @@ DEFINITIONS = {
 
 def build_output(b, args, threads: int, cfg: Config, env_info: dict) -> dict:
     res = dict(b.res) if b is not None else {}
-    out: dict = {"threads": threads, "simd_level": env_info.get("simd_level"), "cpu": env_info.get("cpu"),
+    out: dict = {"threads": threads, "simd_level": env_info.get("simd_level"), "amx": env_info.get("amx"),
+                 "cpu": env_info.get("cpu"),
                  "quick": bool(args.quick)}
     ordered = [
         "read_bandwidth_gbs", "read_bandwidth_method",
@@ -987,6 +990,7 @@ def main(argv=None) -> int:
         import platform
         env_info.update({
             "simd_level": b._core.simd_level(),
+            "amx": bool(b._core.amx_enabled()),
             "ecomllm_version": getattr(b.ecomllm, "__version__", None),
             "ecomllm_omp_threads": int(b._core.max_threads()),
             "torch_version": b.torch.__version__,
