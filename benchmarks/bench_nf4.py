@@ -990,7 +990,7 @@ def main(argv=None) -> int:
         import platform
         env_info.update({
             "simd_level": b._core.simd_level(),
-            "amx": bool(b._core.amx_enabled()),
+            "amx": bool(b._core.amx_active()),
             "ecomllm_version": getattr(b.ecomllm, "__version__", None),
             "ecomllm_omp_threads": int(b._core.max_threads()),
             "torch_version": b.torch.__version__,

@@ -240,7 +240,7 @@ def child_main(a) -> int:
     if a.engine == "peak":  # the machine's fp32 FMA limit with the engines' thread count
         import ecomllm._core as core
         print(json.dumps({"fma_peak_gflops": core.fma_peak_gflops(PEAK_PROBE_S, a.threads),
-                          "simd_level": core.simd_level(), "amx": core.amx_enabled()}))
+                          "simd_level": core.simd_level(), "amx": core.amx_active()}))
         return 0
     with open(os.path.join(a.model_dir, "config.json")) as f:
         cfg = json.load(f)

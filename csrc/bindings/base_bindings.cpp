@@ -60,9 +60,11 @@ void bind_base(py::module_& m) {
         "Force a SIMD level (ValueError if this CPU cannot run it). Also settable with ECOMLLM_CPU.");
   m.def("amx_supported", &quant::amx_supported,
         "True where this CPU and OS can run the AMX-BF16 tile kernels (and Linux granted the tile permission).");
-  m.def("amx_enabled", &quant::amx_usable,
+  m.def("amx_active", &quant::amx_usable,
         "True while the tiled fp32/NF4/bf16 products run on AMX (bf16x3, fp32-accurate): AMX supported, "
-        "SIMD level avx512, and not switched off by ECOMLLM_AMX=0 or set_amx_enabled(False).");
+        "SIMD level avx512, and the switch on.");
+  m.def("amx_enabled", &quant::amx_enabled,
+        "The AMX switch (ECOMLLM_AMX, set_amx_enabled); it has effect only where amx_supported() at avx512.");
   m.def("set_amx_enabled", &quant::set_amx_enabled, py::arg("enabled"),
         "Switch the AMX tile path on or off (off: the AVX-512 kernels). Also settable with ECOMLLM_AMX=0|1.");
   m.def("max_threads", &max_threads, "OpenMP threads kernels use (OMP_NUM_THREADS).");

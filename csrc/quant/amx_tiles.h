@@ -45,8 +45,12 @@ void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t s
 // B panel from W stored reduction-row-major (the backward's W): B[r][j] = w[r * ldw + j] for
 // r < red, j < nv; zero elsewhere.
 void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t steps, uint16_t* out);
+// Loads the tile configuration amx_block uses (8 tiles of 16 rows x 64 bytes) on this thread. Call
+// it at the start of each task that runs amx_block: other code on the thread (another library's
+// AMX kernels) may have configured the tiles differently in between. LDTILECFG per block cost ~7%.
+void amx_configure();
 // c[32 x 32] block (+)= [A panel a0; A panel a1] x B panel over `steps` steps; only rows < mv and
-// columns < nv of c (row stride ldc) are read or written.
+// columns < nv of c (row stride ldc) are read or written. Needs amx_configure() on this thread.
 void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, float* c, int64_t ldc,
                int mv, int nv, bool accumulate);
 

@@ -2,6 +2,9 @@
 // -mamx-bf16 -mavx512bf16 (CMake rule for *_amx.cpp); runs only where amx_usable() said yes.
 // Internal helpers have internal linkage and no std:: templates are used, so no AMX/AVX-512
 // instantiation can leak to code running on other CPUs.
+// GCC 12 reports its own zero-extension intrinsics (_mm512_cvtepu16_epi32, used by widen) as
+// "may be used uninitialized" once inlined here: a false positive inside <immintrin.h>.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <cstring>
@@ -56,12 +59,15 @@ inline void transpose16(__m512i* r) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
+// LDTILECFG's 64-byte operand: palette 1; tiles 0-7 of 16 rows x 64 bytes (bytes 16-31: colsb as
+// uint16 little-endian; bytes 48-55: rows). Static data on purpose: GCC's _tile_loadconfig tells
+// the compiler it reads only a pointer's worth of its operand, so a config built on the stack had
+// its stores removed as dead (-> #UD on the first tile instruction).
+alignas(64) constexpr uint8_t kTileConfig[64] = {
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,            // palette, start_row, reserved
+    64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0,    // colsb[0..7]
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,            // colsb[8..15]
+    16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0};   // rows[0..15]
 
 }  // namespace
 
@@ -101,7 +107,7 @@ void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t s
           v1 = _mm512_maskz_loadu_ps(m1, w + col * ldw + k0 + 16);
         }
         const Planes16 s0 = split(v0), s1 = split(v1);
-        for (int p = 0; p < 3; ++p) rows[p][j] = _mm512_inserti64x4(_mm512_castsi256_si512(s0.p[p]), s1.p[p], 1);
+        for (int p = 0; p < 3; ++p) rows[p][j] = _mm512_inserti64x4(_mm512_zextsi256_si512(s0.p[p]), s1.p[p], 1);
       }
       for (int p = 0; p < 3; ++p) {
         transpose16(rows[p]);  // row q: pair q of every column
@@ -129,24 +135,18 @@ void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t s
       }
       for (int p = 0; p < 3; ++p)
         for (int jt = 0; jt < 2; ++jt) {
-          const __m512i row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(e[0][jt].p[p]), interleave,
-                                                        _mm512_castsi256_si512(e[1][jt].p[p]));
+          const __m512i row = _mm512_permutex2var_epi16(_mm512_zextsi256_si512(e[0][jt].p[p]), interleave,
+                                                        _mm512_zextsi256_si512(e[1][jt].p[p]));
           _mm512_storeu_si512(out + s * kAmxBStepElems + (p * 2 + jt) * kAmxTileElems + q * 32, row);
         }
     }
   }
 }
 
+void amx_configure() { _tile_loadconfig(kTileConfig); }
+
 void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, float* c, int64_t ldc,
                int mv, int nv, bool accumulate) {
-  // Loaded on every call: other code on this thread (another library's AMX kernels) may have
-  // configured the tiles differently. ~1% of a 32-step block.
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
   const bool full = mv == 32 && nv == 32;
   alignas(64) float edge[32 * 32];
   float* ct = c;

@@ -202,6 +202,7 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
         AlignedBuffer b_buf(sizeof(uint16_t) * kAmxGroupBlocks * steps * kAmxBStepElems);
         AlignedBuffer scratch(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
         uint16_t* bp = b_buf.as<uint16_t>();
+        amx_configure();
         for (int64_t g = g0; g < g1; ++g) {
           const int64_t cb0 = g * kAmxGroupBlocks, cb1 = std::min(col_blocks, cb0 + kAmxGroupBlocks);
           for (int64_t cb = cb0; cb < cb1; ++cb)

@@ -32,7 +32,7 @@ def cpu_info() -> dict:
     the thread count."""
     info = dict(_core.cpu_features())
     info["simd_level"] = _core.simd_level()
-    info["amx"] = _core.amx_enabled()
+    info["amx"] = _core.amx_active()
     info["threads"] = _core.max_threads()
     return info
 

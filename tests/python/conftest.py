@@ -19,9 +19,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 @pytest.fixture(autouse=True)
 def _restore_simd_level():
-    """Whatever a test does with set_simd_level, the next test starts at the level it found."""
+    """Whatever a test does with set_simd_level / set_amx_enabled, the next test starts at the level
+    and AMX switch it found (bit-exact comparisons between runs depend on both)."""
     from ecomllm import _core
 
-    before = _core.simd_level()
+    before, amx_before = _core.simd_level(), _core.amx_enabled()
     yield
     _core.set_simd_level(before)
+    _core.set_amx_enabled(amx_before)

@@ -249,11 +249,11 @@ def test_amx_switch():
             "w = np.random.default_rng(0).standard_normal((70, 96)).astype(np.float32)\n"
             "t = NF4Tensor.quantize(w); x = np.random.default_rng(1).standard_normal((40, 96)).astype(np.float32)\n"
             "ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T\n"
-            "a = _core.amx_enabled(); ok = [np.abs(t.matmul(x) - ref).max() / np.abs(ref).max() < 1e-5]\n"
-            "ecomllm.set_amx_enabled(True); b = _core.amx_enabled()\n"
+            "a = _core.amx_active(); ok = [np.abs(t.matmul(x) - ref).max() / np.abs(ref).max() < 1e-5]\n"
+            "ecomllm.set_amx_enabled(True); b = _core.amx_active()\n"
             "ok.append(np.abs(t.matmul(x) - ref).max() / np.abs(ref).max() < 1e-5)\n"
-            "_core.set_simd_level('scalar'); c = _core.amx_enabled()\n"
-            "print(a, b, c, ecomllm.cpu_info()['amx'], all(ok))")
+            "_core.set_simd_level('scalar'); c = _core.amx_active()\n"
+            "print(a, b, c, ecomllm.cpu_info()['amx'], _core.amx_enabled(), all(ok))")
     supported = _core.amx_supported()
     for value, starts_on in (("0", False), ("off", False), ("1", True), (None, True)):
         env = {k: v for k, v in os.environ.items() if k not in ("ECOMLLM_CPU", "ECOMLLM_AMX")}
@@ -262,7 +262,7 @@ def test_amx_switch():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr
         # the scalar level never uses AMX; cpu_info()["amx"] was read at scalar
-        assert proc.stdout.split() == [str(starts_on and supported), str(supported), "False", "False", "True"], \
+        assert proc.stdout.split() == [str(starts_on and supported), str(supported), "False", "False", "True", "True"], \
             (value, proc.stdout)
     if supported:
         assert _core.cpu_features()["amx_tile"] and _core.cpu_features()["amx_bf16"] and _core.cpu_features()["os_amx"]
