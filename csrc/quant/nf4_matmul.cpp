@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <vector>
 
 #include "base/buffer.h"
 #include "base/error.h"
@@ -177,48 +178,82 @@ struct AmxSegment {
   std::function<void(int64_t, int, int64_t, int64_t, int64_t, float*, uint16_t*)> pack_b;
 };
 
+// A short last segment (LoRA's rank-r term: r <= 128) joins the last pass of the segment before it
+// as extra steps of the same blocks, instead of a pass of its own that would load and store all
+// of C again for one or two steps.
+constexpr int64_t kAmxTailSteps = 4;
+
 // C[M, cols] (row stride cols) = (accumulate: +=) the sum over the segments.
 void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, float* c, bool accumulate) {
+  // The passes: each a list of pieces (segment, reduction range) run as one block of steps.
+  struct Piece {
+    const AmxSegment* seg;
+    int64_t r0, r1, steps;
+  };
+  std::vector<std::vector<Piece>> passes;
+  for (int si = 0; si < nsegs; ++si) {
+    const AmxSegment& seg = segs[si];
+    const int64_t seg_steps = (seg.red + kAmxStep - 1) / kAmxStep;
+    const bool joins = si > 0 && si == nsegs - 1 && seg_steps <= kAmxTailSteps && !passes.empty();
+    for (int64_t r0 = 0; r0 < seg.red; r0 += kAmxChunkSteps * kAmxStep) {
+      const int64_t r1 = std::min(seg.red, r0 + kAmxChunkSteps * kAmxStep);
+      const Piece piece{&seg, r0, r1, (r1 - r0 + kAmxStep - 1) / kAmxStep};
+      if (joins)
+        passes.back().push_back(piece);
+      else
+        passes.push_back({piece});
+    }
+  }
+  const int64_t max_steps = kAmxChunkSteps + kAmxTailSteps;
   const int64_t row_pairs = (M + 31) / 32, col_blocks = (cols + 31) / 32;
   const int64_t groups = (col_blocks + kAmxGroupBlocks - 1) / kAmxGroupBlocks;
-  // A panels of every 16 rows for one pass (for M = 1024: 6 MiB), kept per calling thread.
+  // A panels of every 16 rows for one pass (for M = 1024: 7 MiB), kept per calling thread.
   thread_local AlignedBuffer a_buf;
-  const size_t a_bytes = sizeof(uint16_t) * static_cast<size_t>(2 * row_pairs * kAmxChunkSteps * kAmxAStepElems);
+  const size_t a_bytes = sizeof(uint16_t) * static_cast<size_t>(2 * row_pairs * max_steps * kAmxAStepElems);
   if (a_buf.size() < a_bytes) a_buf = AlignedBuffer(a_bytes);
   uint16_t* ap = a_buf.as<uint16_t>();
   bool acc = accumulate;
-  for (int si = 0; si < nsegs; ++si) {
-    const AmxSegment& seg = segs[si];
-    for (int64_t r0 = 0; r0 < seg.red; r0 += kAmxChunkSteps * kAmxStep) {
-      const int64_t r1 = std::min(seg.red, r0 + kAmxChunkSteps * kAmxStep);
-      const int64_t steps = (r1 - r0 + kAmxStep - 1) / kAmxStep, a_panel = steps * kAmxAStepElems;
-      parallel_for(0, 2 * row_pairs, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t rb = b0; rb < b1; ++rb) {
-          const int mv = static_cast<int>(std::clamp<int64_t>(M - rb * 16, 0, 16));
-          amx_pack_a(mv > 0 ? seg.a + rb * 16 * seg.lda + r0 : seg.a, seg.lda, mv, r1 - r0, steps, ap + rb * a_panel);
+  for (const std::vector<Piece>& pass : passes) {
+    int64_t steps = 0;
+    for (const Piece& piece : pass) steps += piece.steps;
+    const int64_t a_panel = steps * kAmxAStepElems, b_panel = steps * kAmxBStepElems;
+    parallel_for(0, 2 * row_pairs, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t rb = b0; rb < b1; ++rb) {
+        const int mv = static_cast<int>(std::clamp<int64_t>(M - rb * 16, 0, 16));
+        uint16_t* out = ap + rb * a_panel;
+        for (const Piece& piece : pass) {
+          const AmxSegment& seg = *piece.seg;
+          amx_pack_a(mv > 0 ? seg.a + rb * 16 * seg.lda + piece.r0 : seg.a, seg.lda, mv, piece.r1 - piece.r0,
+                     piece.steps, out);
+          out += piece.steps * kAmxAStepElems;
         }
-      });
-      parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-        AlignedBuffer b_buf(sizeof(uint16_t) * kAmxGroupBlocks * steps * kAmxBStepElems);
-        AlignedBuffer scratch(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
-        uint16_t* bp = b_buf.as<uint16_t>();
-        amx_configure();
-        for (int64_t g = g0; g < g1; ++g) {
-          const int64_t cb0 = g * kAmxGroupBlocks, cb1 = std::min(col_blocks, cb0 + kAmxGroupBlocks);
-          for (int64_t cb = cb0; cb < cb1; ++cb)
-            seg.pack_b(cb * 32, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), r0, r1, steps,
-                       scratch.as<float>(), bp + (cb - cb0) * steps * kAmxBStepElems);
-          for (int64_t rp = 0; rp < row_pairs; ++rp) {
-            const int mv = static_cast<int>(std::min<int64_t>(32, M - rp * 32));
-            for (int64_t cb = cb0; cb < cb1; ++cb)
-              amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * steps * kAmxBStepElems,
-                        steps, c + rp * 32 * cols + cb * 32, cols, mv,
-                        static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), acc);
+      }
+    });
+    parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      AlignedBuffer b_buf(sizeof(uint16_t) * kAmxGroupBlocks * b_panel);
+      AlignedBuffer scratch(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
+      uint16_t* bp = b_buf.as<uint16_t>();
+      amx_configure();
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t cb0 = g * kAmxGroupBlocks, cb1 = std::min(col_blocks, cb0 + kAmxGroupBlocks);
+        for (int64_t cb = cb0; cb < cb1; ++cb) {
+          uint16_t* out = bp + (cb - cb0) * b_panel;
+          for (const Piece& piece : pass) {
+            piece.seg->pack_b(cb * 32, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), piece.r0, piece.r1,
+                              piece.steps, scratch.as<float>(), out);
+            out += piece.steps * kAmxBStepElems;
           }
         }
-      });
-      acc = true;
-    }
+        for (int64_t rp = 0; rp < row_pairs; ++rp) {
+          const int mv = static_cast<int>(std::min<int64_t>(32, M - rp * 32));
+          for (int64_t cb = cb0; cb < cb1; ++cb)
+            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, steps,
+                      c + rp * 32 * cols + cb * 32, cols, mv, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)),
+                      acc);
+        }
+      }
+    });
+    acc = true;
   }
 }
 
