@@ -230,9 +230,13 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
       }
     });
     parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      AlignedBuffer b_buf(sizeof(uint16_t) * kAmxGroupBlocks * b_panel);
-      AlignedBuffer scratch(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
+      // Per worker thread, kept: ~1 MiB allocated per call came from mmap and page-faulted each time.
+      thread_local AlignedBuffer b_buf, scratch_buf;
+      const size_t b_bytes = sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_steps * kAmxBStepElems);
+      if (b_buf.size() < b_bytes) b_buf = AlignedBuffer(b_bytes);
+      if (scratch_buf.size() == 0) scratch_buf = AlignedBuffer(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
       uint16_t* bp = b_buf.as<uint16_t>();
+      float* scratch = scratch_buf.as<float>();
       amx_configure();
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t cb0 = g * kAmxGroupBlocks, cb1 = std::min(col_blocks, cb0 + kAmxGroupBlocks);
@@ -240,7 +244,7 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
           uint16_t* out = bp + (cb - cb0) * b_panel;
           for (const Piece& piece : pass) {
             piece.seg->pack_b(cb * 32, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), piece.r0, piece.r1,
-                              piece.steps, scratch.as<float>(), out);
+                              piece.steps, scratch, out);
             out += piece.steps * kAmxBStepElems;
           }
         }
