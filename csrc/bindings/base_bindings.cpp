@@ -67,6 +67,12 @@ void bind_base(py::module_& m) {
         "The AMX switch (ECOMLLM_AMX, set_amx_enabled); it has effect only where amx_supported() at avx512.");
   m.def("set_amx_enabled", &quant::set_amx_enabled, py::arg("enabled"),
         "Switch the AMX tile path on or off (off: the AVX-512 kernels). Also settable with ECOMLLM_AMX=0|1.");
+  m.def("set_fp32_matmul_precision", [](const std::string& name) { quant::set_fp32_matmul_precision(name.c_str()); },
+        py::arg("precision"),
+        "Precision of the AMX products: 'highest' (fp32 accuracy, default), 'high' (~1.5e-5) or 'medium' "
+        "(bf16 inputs, fp32 accumulation). Also settable with ECOMLLM_MATMUL_PRECISION.");
+  m.def("fp32_matmul_precision", [] { return std::string(quant::fp32_matmul_precision()); },
+        "The precision set_fp32_matmul_precision set.");
   m.def("max_threads", &max_threads, "OpenMP threads kernels use (OMP_NUM_THREADS).");
   m.def(
       "fma_peak_gflops",

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/cpu_features.h"
+#include "base/error.h"
 
 #if defined(__linux__) && defined(__x86_64__)
 #include <sys/syscall.h>
@@ -32,6 +33,28 @@ bool initially_enabled() {
   return !(env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "off") == 0 || std::strcmp(env, "false") == 0));
 }
 
+// Planes per operand for a precision name, 0 for an unknown one.
+int planes_of(const char* name) {
+  if (!name) return 0;
+  if (std::strcmp(name, "highest") == 0) return 3;
+  if (std::strcmp(name, "high") == 0) return 2;
+  if (std::strcmp(name, "medium") == 0) return 1;
+  return 0;
+}
+
+int initial_planes() {
+  const char* env = std::getenv("ECOMLLM_MATMUL_PRECISION");
+  if (!env || !*env) return 3;
+  const int planes = planes_of(env);
+  ECOM_CHECK_ARG(planes > 0, "ECOMLLM_MATMUL_PRECISION=", env, " is not a matmul precision: use highest, high or medium");
+  return planes;
+}
+
+std::atomic<int>& planes_setting() {
+  static std::atomic<int> planes{initial_planes()};
+  return planes;
+}
+
 std::atomic<bool>& enabled_flag() {
   static std::atomic<bool> flag{initially_enabled()};
   return flag;
@@ -47,6 +70,23 @@ bool amx_supported() {
   }();
   return supported;
 }
+
+void set_fp32_matmul_precision(const char* name) {
+  const int planes = planes_of(name);
+  ECOM_CHECK_ARG(planes > 0, "unknown fp32 matmul precision '", name ? name : "(null)",
+                 "': use 'highest' (fp32 accuracy), 'high' or 'medium' (bf16)");
+  planes_setting().store(planes);
+}
+
+const char* fp32_matmul_precision() {
+  switch (planes_setting().load()) {
+    case 1: return "medium";
+    case 2: return "high";
+    default: return "highest";
+  }
+}
+
+int amx_planes() { return planes_setting().load(); }
 
 void set_amx_enabled(bool enabled) { enabled_flag().store(enabled); }
 bool amx_enabled() { return enabled_flag().load(); }

@@ -20,13 +20,15 @@ struct Planes16 {
 };
 inline __m512 widen(__m256i bf16) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)); }
 inline __m256i to_bf16(__m512 v) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)); }
-inline Planes16 split(__m512 v) {
+// The first `planes` planes (the others are left unset).
+inline Planes16 split(__m512 v, int planes) {
   Planes16 s;
   s.p[0] = to_bf16(v);
-  const __m512 r1 = _mm512_sub_ps(v, widen(s.p[0]));  // exact: v and p0 agree in their top 8 bits
-  s.p[1] = to_bf16(r1);
-  const __m512 r2 = _mm512_sub_ps(r1, widen(s.p[1]));
-  s.p[2] = to_bf16(r2);
+  if (planes > 1) {
+    const __m512 r1 = _mm512_sub_ps(v, widen(s.p[0]));  // exact: v and p0 agree in their top 8 bits
+    s.p[1] = to_bf16(r1);
+    if (planes > 2) s.p[2] = to_bf16(_mm512_sub_ps(r1, widen(s.p[1])));
+  }
   return s;
 }
 
@@ -71,9 +73,9 @@ alignas(64) constexpr uint8_t kTileConfig[64] = {
 
 }  // namespace
 
-void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps, uint16_t* out) {
+void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps, int planes, uint16_t* out) {
   for (int64_t s = 0; s < steps; ++s) {
-    uint16_t* step = out + s * kAmxAStepElems;
+    uint16_t* step = out + s * amx_a_step_elems(planes);
     const int64_t k0 = s * kAmxStep;
     const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
     for (int i = 0; i < 16; ++i) {
@@ -82,8 +84,8 @@ void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps,
         v0 = _mm512_maskz_loadu_ps(m0, a + i * lda + k0);
         v1 = _mm512_maskz_loadu_ps(m1, a + i * lda + k0 + 16);
       }
-      const Planes16 s0 = split(v0), s1 = split(v1);
-      for (int p = 0; p < 3; ++p) {
+      const Planes16 s0 = split(v0, planes), s1 = split(v1, planes);
+      for (int p = 0; p < planes; ++p) {
         uint16_t* row = step + p * kAmxTileElems + i * 32;
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), s0.p[p]);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + 16), s1.p[p]);
@@ -92,7 +94,7 @@ void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps,
   }
 }
 
-void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t steps, uint16_t* out) {
+void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t steps, int planes, uint16_t* out) {
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t k0 = s * kAmxStep;
     const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
@@ -106,19 +108,19 @@ void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t s
           v0 = _mm512_maskz_loadu_ps(m0, w + col * ldw + k0);
           v1 = _mm512_maskz_loadu_ps(m1, w + col * ldw + k0 + 16);
         }
-        const Planes16 s0 = split(v0), s1 = split(v1);
-        for (int p = 0; p < 3; ++p) rows[p][j] = _mm512_inserti64x4(_mm512_zextsi256_si512(s0.p[p]), s1.p[p], 1);
+        const Planes16 s0 = split(v0, planes), s1 = split(v1, planes);
+        for (int p = 0; p < planes; ++p) rows[p][j] = _mm512_inserti64x4(_mm512_zextsi256_si512(s0.p[p]), s1.p[p], 1);
       }
-      for (int p = 0; p < 3; ++p) {
+      for (int p = 0; p < planes; ++p) {
         transpose16(rows[p]);  // row q: pair q of every column
-        uint16_t* tile = out + s * kAmxBStepElems + (p * 2 + jt) * kAmxTileElems;
+        uint16_t* tile = out + s * amx_b_step_elems(planes) + (p * 2 + jt) * kAmxTileElems;
         for (int q = 0; q < 16; ++q) _mm512_storeu_si512(tile + q * 32, rows[p][q]);
       }
     }
   }
 }
 
-void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t steps, uint16_t* out) {
+void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t steps, int planes, uint16_t* out) {
   // word 2 c + e of a tile row = element c of reduction row 2 q + e
   const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
                                               37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
@@ -130,14 +132,14 @@ void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t s
         const int64_t r = s * kAmxStep + 2 * q + par;
         for (int jt = 0; jt < 2; ++jt) {
           const __m512 v = r < red ? _mm512_maskz_loadu_ps(mj[jt], w + r * ldw + 16 * jt) : _mm512_setzero_ps();
-          e[par][jt] = split(v);
+          e[par][jt] = split(v, planes);
         }
       }
-      for (int p = 0; p < 3; ++p)
+      for (int p = 0; p < planes; ++p)
         for (int jt = 0; jt < 2; ++jt) {
           const __m512i row = _mm512_permutex2var_epi16(_mm512_zextsi256_si512(e[0][jt].p[p]), interleave,
                                                         _mm512_zextsi256_si512(e[1][jt].p[p]));
-          _mm512_storeu_si512(out + s * kAmxBStepElems + (p * 2 + jt) * kAmxTileElems + q * 32, row);
+          _mm512_storeu_si512(out + s * amx_b_step_elems(planes) + (p * 2 + jt) * kAmxTileElems + q * 32, row);
         }
     }
   }
@@ -145,8 +147,8 @@ void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t s
 
 void amx_configure() { _tile_loadconfig(kTileConfig); }
 
-void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, float* c, int64_t ldc,
-               int mv, int nv, bool accumulate) {
+void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, int planes, float* c,
+               int64_t ldc, int mv, int nv, bool accumulate) {
   const bool full = mv == 32 && nv == 32;
   alignas(64) float edge[32 * 32];
   float* ct = c;
@@ -173,26 +175,41 @@ void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_
   // Tiles: 0-3 C (row block r, column tile j at 2 r + j), 4/5 A planes of row blocks 0/1, 6/7 B
   // planes of column tiles 0/1. Per step the six plane products, grouped by B plane so each B
   // tile is loaded once: 18 tile loads per 24 tile products.
-#define ECOM_AMX_A(p)                                   \
-  _tile_loadd(4, a0 + (s * 3 + (p)) * kAmxTileElems, 64); \
-  _tile_loadd(5, a1 + (s * 3 + (p)) * kAmxTileElems, 64); \
+#define ECOM_AMX_A(p)                                        \
+  _tile_loadd(4, a0 + (s * planes + (p)) * kAmxTileElems, 64); \
+  _tile_loadd(5, a1 + (s * planes + (p)) * kAmxTileElems, 64); \
   _tile_dpbf16ps(0, 4, 6);                              \
   _tile_dpbf16ps(1, 4, 7);                              \
   _tile_dpbf16ps(2, 5, 6);                              \
   _tile_dpbf16ps(3, 5, 7);
-#define ECOM_AMX_B(p)                                         \
-  _tile_loadd(6, b + (s * 6 + 2 * (p)) * kAmxTileElems, 64);     \
-  _tile_loadd(7, b + (s * 6 + 2 * (p) + 1) * kAmxTileElems, 64);
-  for (int64_t s = 0; s < steps; ++s) {
-    ECOM_AMX_B(0)
-    ECOM_AMX_A(0)
-    ECOM_AMX_A(1)
-    ECOM_AMX_A(2)
-    ECOM_AMX_B(1)
-    ECOM_AMX_A(0)
-    ECOM_AMX_A(1)
-    ECOM_AMX_B(2)
-    ECOM_AMX_A(0)
+#define ECOM_AMX_B(p)                                                  \
+  _tile_loadd(6, b + (s * 2 * planes + 2 * (p)) * kAmxTileElems, 64);     \
+  _tile_loadd(7, b + (s * 2 * planes + 2 * (p) + 1) * kAmxTileElems, 64);
+  if (planes == 3) {
+    for (int64_t s = 0; s < steps; ++s) {  // a0b0 a1b0 a2b0 | a0b1 a1b1 | a0b2
+      ECOM_AMX_B(0)
+      ECOM_AMX_A(0)
+      ECOM_AMX_A(1)
+      ECOM_AMX_A(2)
+      ECOM_AMX_B(1)
+      ECOM_AMX_A(0)
+      ECOM_AMX_A(1)
+      ECOM_AMX_B(2)
+      ECOM_AMX_A(0)
+    }
+  } else if (planes == 2) {
+    for (int64_t s = 0; s < steps; ++s) {  // a0b0 a1b0 | a0b1
+      ECOM_AMX_B(0)
+      ECOM_AMX_A(0)
+      ECOM_AMX_A(1)
+      ECOM_AMX_B(1)
+      ECOM_AMX_A(0)
+    }
+  } else {
+    for (int64_t s = 0; s < steps; ++s) {  // a0b0
+      ECOM_AMX_B(0)
+      ECOM_AMX_A(0)
+    }
   }
 #undef ECOM_AMX_A
 #undef ECOM_AMX_B

@@ -173,12 +173,12 @@ constexpr int64_t kAmxChunkSteps = 32;
 constexpr int64_t kAmxGroupBlocks = 4;
 
 // One reduction segment of C[M, cols] (+)= A[M, red] B[red, cols]. pack_b(col0, nv, r0, r1, steps,
-// scratch, out) writes the B panel of columns [col0, col0 + nv) over reduction rows [r0, r1);
-// scratch holds kAmxChunkSteps * 32 * 32 floats.
+// planes, scratch, out) writes the B panel of columns [col0, col0 + nv) over reduction rows
+// [r0, r1); scratch holds kAmxChunkSteps * 32 * 32 floats.
 struct AmxSegment {
   const float* a;
   int64_t lda, red;
-  std::function<void(int64_t, int, int64_t, int64_t, int64_t, float*, uint16_t*)> pack_b;
+  std::function<void(int64_t, int, int64_t, int64_t, int64_t, int, float*, uint16_t*)> pack_b;
 };
 
 // A short last segment (LoRA's rank-r term: r <= 128) joins the last pass of the segment before it
@@ -208,18 +208,19 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
     }
   }
   const int64_t max_steps = kAmxChunkSteps + kAmxTailSteps;
+  const int planes = amx_planes();  // fp32 accuracy (3) unless set_fp32_matmul_precision lowered it
   const int64_t row_pairs = (M + 31) / 32, col_blocks = (cols + 31) / 32;
   const int64_t groups = (col_blocks + kAmxGroupBlocks - 1) / kAmxGroupBlocks;
   // A panels of every 16 rows for one pass (for M = 1024: 7 MiB), kept per calling thread.
   thread_local AlignedBuffer a_buf;
-  const size_t a_bytes = sizeof(uint16_t) * static_cast<size_t>(2 * row_pairs * max_steps * kAmxAStepElems);
+  const size_t a_bytes = sizeof(uint16_t) * static_cast<size_t>(2 * row_pairs * max_steps * amx_a_step_elems(3));
   if (a_buf.size() < a_bytes) a_buf = AlignedBuffer(a_bytes);
   uint16_t* ap = a_buf.as<uint16_t>();
   bool acc = accumulate;
   for (const std::vector<Piece>& pass : passes) {
     int64_t steps = 0;
     for (const Piece& piece : pass) steps += piece.steps;
-    const int64_t a_panel = steps * kAmxAStepElems, b_panel = steps * kAmxBStepElems;
+    const int64_t a_panel = steps * amx_a_step_elems(planes), b_panel = steps * amx_b_step_elems(planes);
     parallel_for(0, 2 * row_pairs, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t rb = b0; rb < b1; ++rb) {
         const int mv = static_cast<int>(std::clamp<int64_t>(M - rb * 16, 0, 16));
@@ -227,15 +228,15 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
         for (const Piece& piece : pass) {
           const AmxSegment& seg = *piece.seg;
           amx_pack_a(mv > 0 ? seg.a + rb * 16 * seg.lda + piece.r0 : seg.a, seg.lda, mv, piece.r1 - piece.r0,
-                     piece.steps, out);
-          out += piece.steps * kAmxAStepElems;
+                     piece.steps, planes, out);
+          out += piece.steps * amx_a_step_elems(planes);
         }
       }
     });
     parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       // Per worker thread, kept: ~1 MiB allocated per call came from mmap and page-faulted each time.
       thread_local AlignedBuffer b_buf, scratch_buf;
-      const size_t b_bytes = sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_steps * kAmxBStepElems);
+      const size_t b_bytes = sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_steps * amx_b_step_elems(3));
       if (b_buf.size() < b_bytes) b_buf = AlignedBuffer(b_bytes);
       if (scratch_buf.size() == 0) scratch_buf = AlignedBuffer(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
       uint16_t* bp = b_buf.as<uint16_t>();
@@ -247,14 +248,14 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
           uint16_t* out = bp + (cb - cb0) * b_panel;
           for (const Piece& piece : pass) {
             piece.seg->pack_b(cb * 32, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), piece.r0, piece.r1,
-                              piece.steps, scratch, out);
-            out += piece.steps * kAmxBStepElems;
+                              piece.steps, planes, scratch, out);
+            out += piece.steps * amx_b_step_elems(planes);
           }
         }
         for (int64_t rp = 0; rp < row_pairs; ++rp) {
           const int mv = static_cast<int>(std::min<int64_t>(32, M - rp * 32));
           for (int64_t cb = cb0; cb < cb1; ++cb)
-            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, steps,
+            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, steps, planes,
                       c + rp * 32 * cols + cb * 32, cols, mv, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)),
                       acc);
         }
@@ -269,19 +270,21 @@ template <typename Source>
 void gemm_amx(const float* x, int64_t M, int64_t N, int64_t K, const Source& src, const float* bias, float* y,
               const LowRankOutput* extra) {
   AmxSegment segs[2];
-  segs[0] = {x, K, K, [&](int64_t n0, int nv, int64_t k0, int64_t k1, int64_t steps, float* scratch, uint16_t* out) {
+  segs[0] = {x, K, K,
+             [&](int64_t n0, int nv, int64_t k0, int64_t k1, int64_t steps, int planes, float* scratch, uint16_t* out) {
                int64_t ld = 0;
                const float* rows = src.tile(n0, n0 + nv, k0, k1, nv, k1 - k0, scratch, k1 - k0, &ld);
-               amx_pack_b_rows(rows, ld, nv, k1 - k0, steps, out);
+               amx_pack_b_rows(rows, ld, nv, k1 - k0, steps, planes, out);
              }};
   int nsegs = 1;
   if (extra) {  // y += u (scale b)^T: r more reduction steps, scale applied to b as the tiled path does
     segs[nsegs++] = {extra->u, extra->r, extra->r,
-                     [&](int64_t n0, int nv, int64_t j0, int64_t j1, int64_t steps, float* scratch, uint16_t* out) {
+                     [&](int64_t n0, int nv, int64_t j0, int64_t j1, int64_t steps, int planes, float* scratch,
+                         uint16_t* out) {
                        for (int64_t n = 0; n < nv; ++n)
                          for (int64_t j = j0; j < j1; ++j)
                            scratch[n * (j1 - j0) + j - j0] = extra->b[(n0 + n) * extra->r + j] * extra->scale;
-                       amx_pack_b_rows(scratch, j1 - j0, nv, j1 - j0, steps, out);
+                       amx_pack_b_rows(scratch, j1 - j0, nv, j1 - j0, steps, planes, out);
                      }};
   }
   amx_product(M, N, segs, nsegs, y, false);
@@ -297,16 +300,17 @@ template <typename Source>
 void gemm_t_amx(const float* dy, int64_t M, int64_t N, int64_t K, const Source& src, float* dx, bool accumulate,
                 const LowRankTerm* extra) {
   AmxSegment segs[2];
-  segs[0] = {dy, N, N, [&](int64_t k0, int kv, int64_t n0, int64_t n1, int64_t steps, float* scratch, uint16_t* out) {
+  segs[0] = {dy, N, N,
+             [&](int64_t k0, int kv, int64_t n0, int64_t n1, int64_t steps, int planes, float* scratch, uint16_t* out) {
                int64_t ld = 0;
                const float* rows = src.tile(n0, n1, k0, k0 + kv, n1 - n0, kv, scratch, 32, &ld);
-               amx_pack_b_cols(rows, ld, n1 - n0, kv, steps, out);
+               amx_pack_b_cols(rows, ld, n1 - n0, kv, steps, planes, out);
              }};
   int nsegs = 1;
   if (extra)  // dx += g A: r more reduction rows
     segs[nsegs++] = {extra->g, extra->r, extra->r,
-                     [&](int64_t k0, int kv, int64_t j0, int64_t j1, int64_t steps, float*, uint16_t* out) {
-                       amx_pack_b_cols(extra->a + j0 * K + k0, K, j1 - j0, kv, steps, out);
+                     [&](int64_t k0, int kv, int64_t j0, int64_t j1, int64_t steps, int planes, float*, uint16_t* out) {
+                       amx_pack_b_cols(extra->a + j0 * K + k0, K, j1 - j0, kv, steps, planes, out);
                      }};
   amx_product(M, K, segs, nsegs, dx, accumulate);
 }

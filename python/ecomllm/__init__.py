@@ -59,9 +59,31 @@ def set_amx_enabled(enabled: bool) -> None:
     _core.set_amx_enabled(bool(enabled))
 
 
+def set_float32_matmul_precision(precision: str) -> None:
+    """Precision of the AMX tile products, after ``torch.set_float32_matmul_precision``:
+
+    * ``"highest"`` (default): every fp32 operand as three bf16 parts, six cross products: fp32
+      accuracy (what the AVX-512 kernels give);
+    * ``"high"``: two parts, three products: ~1.5e-5 relative per product, about 2x the speed;
+    * ``"medium"``: one bf16 part, one product, fp32 accumulation: the usual QLoRA compute dtype
+      (``bnb_4bit_compute_dtype=torch.bfloat16``), ~4e-3 relative per product, about 5x the speed
+      of the tile products.
+
+    Applies to the tiled products (32 rows and more) where AMX runs (``cpu_info()["amx"]``);
+    elsewhere products stay fp32. ``ECOMLLM_MATMUL_PRECISION`` sets the starting value; ValueError
+    on other names.
+    """
+    _core.set_fp32_matmul_precision(precision)
+
+
+def get_float32_matmul_precision() -> str:
+    """The precision ``set_float32_matmul_precision`` set (``"highest"`` by default)."""
+    return _core.fp32_matmul_precision()
+
+
 def simd_level() -> str:
     """The SIMD level the kernels use now."""
     return _core.simd_level()
 
 
-__all__ = ["Tokenizer", "HNSWIndex", "BM25Index", "rag", "Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "set_amx_enabled", "simd_level", "__version__"]
+__all__ = ["Tokenizer", "HNSWIndex", "BM25Index", "rag", "Model", "ModelConfig", "LoraConfig", "AdamW", "clip_grad_norm", "NF4Tensor", "cpu_info", "set_simd_level", "set_amx_enabled", "set_float32_matmul_precision", "get_float32_matmul_precision", "simd_level", "__version__"]

@@ -449,6 +449,23 @@ TEST(AmxTiles, KeepFp32Accuracy) {
   f32_matmul_t(dy.data(), M, w.data(), N, K, dx.data(), /*accumulate=*/false);
   EXPECT_LE(rel_err(y, y_ref), 1e-6);
   EXPECT_LE(rel_err(dx, dx_ref), 1e-6);
+  // Lower precisions (fewer bf16 planes): within their bounds, and really lower (the setting works).
+  struct Level {
+    const char* name;
+    double max_err, min_err;
+  };
+  for (const Level& lv : {Level{"high", 3e-5, 1e-7}, Level{"medium", 1e-2, 1e-4}}) {
+    set_fp32_matmul_precision(lv.name);
+    f32_matmul(x.data(), M, w.data(), N, K, y.data());
+    f32_matmul_t(dy.data(), M, w.data(), N, K, dx.data(), /*accumulate=*/false);
+    EXPECT_LE(rel_err(y, y_ref), lv.max_err) << lv.name;
+    EXPECT_LE(rel_err(dx, dx_ref), lv.max_err) << lv.name;
+    EXPECT_GE(rel_err(y, y_ref), lv.min_err) << lv.name;
+  }
+  set_fp32_matmul_precision("highest");
+  EXPECT_STREQ(fp32_matmul_precision(), "highest");
+  EXPECT_THROW(set_fp32_matmul_precision("low"), ValueError);
+  EXPECT_STREQ(fp32_matmul_precision(), "highest");
   set_simd_level(cpu_features().best_level());
 }
 

@@ -19,11 +19,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 @pytest.fixture(autouse=True)
 def _restore_simd_level():
-    """Whatever a test does with set_simd_level / set_amx_enabled, the next test starts at the level
-    and AMX switch it found (bit-exact comparisons between runs depend on both)."""
+    """Whatever a test does with set_simd_level / set_amx_enabled / set_float32_matmul_precision, the
+    next test starts with the settings it found (bit-exact comparisons between runs depend on them)."""
     from ecomllm import _core
 
-    before, amx_before = _core.simd_level(), _core.amx_enabled()
+    before, amx_before, precision_before = _core.simd_level(), _core.amx_enabled(), _core.fp32_matmul_precision()
     yield
     _core.set_simd_level(before)
     _core.set_amx_enabled(amx_before)
+    _core.set_fp32_matmul_precision(precision_before)

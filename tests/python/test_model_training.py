@@ -196,6 +196,53 @@ def test_bf16_base_is_close_to_fp32(tmp_path):
         b16.train_all_parameters()
 
 
+@pytest.mark.skipif(not ecomllm._core.amx_supported(), reason="the matmul precision setting acts on AMX CPUs only")
+@pytest.mark.parametrize("precision,rtol", [("high", 1e-3), ("medium", 5e-2)])
+def test_lower_matmul_precision_trains_like_fp32(tmp_path, precision, rtol):
+    """LoRA training with the AMX products at bf16-like precision: logits within the precision's
+    reach, and the loss curve of 30 AdamW steps follows the fp32 one (B * T = 64 rows: AMX runs)."""
+    hf = tiny_llama(8)
+    hf.save_pretrained(tmp_path / "base")
+    ids, labels = batch(8, B=4, T=16)
+    curves, logits = {}, {}
+    for p in ("highest", precision):
+        ecomllm.set_float32_matmul_precision(p)
+        assert ecomllm.get_float32_matmul_precision() == p
+        m = Model.from_pretrained(tmp_path / "base", quantize="nf4")
+        m.add_lora(LoraConfig(r=4, alpha=8, target_modules="all-linear"))
+        opt = AdamW(m.trainable_parameters(), lr=1e-2)
+        logits[p] = m.forward(ids)
+        losses = []
+        for _ in range(30):
+            losses.append(m.forward_backward(ids, labels))
+            opt.step()
+            m.zero_grad()
+        curves[p] = np.array(losses)
+    ecomllm.set_float32_matmul_precision("highest")
+    a, b = logits["highest"], logits[precision]
+    assert 0 < np.abs(a - b).max() <= 10 * rtol * np.abs(a).max()
+    assert curves[precision][-1] < 0.9 * curves[precision][0]
+    np.testing.assert_allclose(curves[precision], curves["highest"], rtol=rtol)
+
+
+def test_matmul_precision_setting_rejects_unknown_names():
+    before = ecomllm.get_float32_matmul_precision()
+    for bad in ("low", "", "HIGHEST", "fp32"):
+        with pytest.raises(ValueError, match="precision"):
+            ecomllm.set_float32_matmul_precision(bad)
+    assert ecomllm.get_float32_matmul_precision() == before
+    import subprocess
+    import sys
+    env = dict(os.environ, ECOMLLM_MATMUL_PRECISION="medium")
+    out = subprocess.run([sys.executable, "-c", "import ecomllm; print(ecomllm.get_float32_matmul_precision())"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "medium", out.stderr
+    env["ECOMLLM_MATMUL_PRECISION"] = "bogus"
+    out = subprocess.run([sys.executable, "-c", "import ecomllm; ecomllm.get_float32_matmul_precision()"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode > 0 and "ECOMLLM_MATMUL_PRECISION" in out.stderr, out.stderr
+
+
 def test_lora_dropout_trains_and_is_off_at_inference(tmp_path):
     hf = tiny_llama(7)
     hf.save_pretrained(tmp_path / "base")
