@@ -207,13 +207,20 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
         passes.push_back({piece});
     }
   }
-  const int64_t max_steps = kAmxChunkSteps + kAmxTailSteps;
+  int64_t max_steps = 0;  // of any pass (at most kAmxChunkSteps + kAmxTailSteps)
+  for (const std::vector<Piece>& pass : passes) {
+    int64_t steps = 0;
+    for (const Piece& piece : pass) steps += piece.steps;
+    max_steps = std::max(max_steps, steps);
+  }
   const int planes = amx_planes();  // fp32 accuracy (3) unless set_fp32_matmul_precision lowered it
   const int64_t row_pairs = (M + 31) / 32, col_blocks = (cols + 31) / 32;
   const int64_t groups = (col_blocks + kAmxGroupBlocks - 1) / kAmxGroupBlocks;
-  // A panels of every 16 rows for one pass (for M = 1024: 7 MiB), kept per calling thread.
+  // A panels of every 16 rows for one pass (1.5x the fp32 A of a pass at 3 planes: 4.5 MiB for
+  // M = 1024, K = 768), kept per calling thread.
   thread_local AlignedBuffer a_buf;
-  const size_t a_bytes = sizeof(uint16_t) * static_cast<size_t>(2 * row_pairs * max_steps * amx_a_step_elems(3));
+  const size_t a_bytes =
+      sizeof(uint16_t) * static_cast<size_t>(2 * row_pairs * max_steps * amx_a_step_elems(planes));
   if (a_buf.size() < a_bytes) a_buf = AlignedBuffer(a_bytes);
   uint16_t* ap = a_buf.as<uint16_t>();
   bool acc = accumulate;
@@ -236,7 +243,8 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
     parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       // Per worker thread, kept: ~1 MiB allocated per call came from mmap and page-faulted each time.
       thread_local AlignedBuffer b_buf, scratch_buf;
-      const size_t b_bytes = sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_steps * amx_b_step_elems(3));
+      const size_t b_bytes =
+          sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_steps * amx_b_step_elems(planes));
       if (b_buf.size() < b_bytes) b_buf = AlignedBuffer(b_bytes);
       if (scratch_buf.size() == 0) scratch_buf = AlignedBuffer(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
       uint16_t* bp = b_buf.as<uint16_t>();
