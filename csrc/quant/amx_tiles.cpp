@@ -46,7 +46,8 @@ int initial_planes() {
   const char* env = std::getenv("ECOMLLM_MATMUL_PRECISION");
   if (!env || !*env) return 3;
   const int planes = planes_of(env);
-  ECOM_CHECK_ARG(planes > 0, "ECOMLLM_MATMUL_PRECISION=", env, " is not a matmul precision: use highest, high or medium");
+  ECOM_CHECK_ARG(planes > 0, "ECOMLLM_MATMUL_PRECISION=", env,
+                 " is not a matmul precision: use highest, high or medium");
   return planes;
 }
 

@@ -32,7 +32,10 @@ inline Planes16 split(__m512 v, int planes) {
   return s;
 }
 
-inline __mmask16 lanes(int64_t valid) { return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? 0 : __mmask16((1u << valid) - 1); }
+// Mask of the first `valid` of 16 lanes (clamped to 0..16).
+inline __mmask16 lanes(int64_t valid) {
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+}
 
 // 16 x 16 transpose of 32-bit elements: r[i] row i in, r[j] column j out.
 inline void transpose16(__m512i* r) {
@@ -122,8 +125,8 @@ void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t s
 
 void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t steps, int planes, uint16_t* out) {
   // word 2 c + e of a tile row = element c of reduction row 2 q + e
-  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                              37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,  //
+                                              39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
   const __mmask16 mj[2] = {lanes(nv), lanes(nv - 16)};
   for (int64_t s = 0; s < steps; ++s) {
     for (int q = 0; q < 16; ++q) {
