@@ -63,10 +63,17 @@ void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t s
 // it at the start of each task that runs amx_block: other code on the thread (another library's
 // AMX kernels) may have configured the tiles differently in between. LDTILECFG per block cost ~7%.
 void amx_configure();
-// c[32 x 32] block (+)= [A panel a0; A panel a1] x B panel over `steps` steps of `planes` planes
-// (3: six cross products, 2: three, 1: one); only rows < mv and columns < nv of c (row stride
-// ldc) are read or written. Needs amx_configure() on this thread.
-void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, int planes, float* c,
-               int64_t ldc, int mv, int nv, bool accumulate);
+// A run of steps whose B panel keeps b_planes (<= planes) planes per step: 1 where B is exactly
+// bf16 (bf16 weights), whose lower planes would be zeros -- half the products at 3 planes.
+struct AmxRun {
+  int64_t steps;
+  int b_planes;
+};
+// c[32 x 32] block (+)= [A panel a0; A panel a1] x B panel over the runs' steps, A with `planes`
+// planes per step; per step the cross products a_i b_j with i + j < planes (3 planes and 3 B
+// planes: six). Only rows < mv and columns < nv of c (row stride ldc) are read or written. Needs
+// amx_configure() on this thread.
+void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, const AmxRun* runs, int nruns, int planes,
+               float* c, int64_t ldc, int mv, int nv, bool accumulate);
 
 }  // namespace ecomllm::quant

@@ -150,8 +150,8 @@ void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t s
 
 void amx_configure() { _tile_loadconfig(kTileConfig); }
 
-void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_t steps, int planes, float* c,
-               int64_t ldc, int mv, int nv, bool accumulate) {
+void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, const AmxRun* runs, int nruns, int planes,
+               float* c, int64_t ldc, int mv, int nv, bool accumulate) {
   const bool full = mv == 32 && nv == 32;
   alignas(64) float edge[32 * 32];
   float* ct = c;
@@ -176,46 +176,33 @@ void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, int64_
     _tile_zero(3);
   }
   // Tiles: 0-3 C (row block r, column tile j at 2 r + j), 4/5 A planes of row blocks 0/1, 6/7 B
-  // planes of column tiles 0/1. Per step the six plane products, grouped by B plane so each B
-  // tile is loaded once: 18 tile loads per 24 tile products.
-#define ECOM_AMX_A(p)                                        \
-  _tile_loadd(4, a0 + (s * planes + (p)) * kAmxTileElems, 64); \
-  _tile_loadd(5, a1 + (s * planes + (p)) * kAmxTileElems, 64); \
-  _tile_dpbf16ps(0, 4, 6);                              \
-  _tile_dpbf16ps(1, 4, 7);                              \
-  _tile_dpbf16ps(2, 5, 6);                              \
-  _tile_dpbf16ps(3, 5, 7);
-#define ECOM_AMX_B(p)                                                  \
-  _tile_loadd(6, b + (s * 2 * planes + 2 * (p)) * kAmxTileElems, 64);     \
-  _tile_loadd(7, b + (s * 2 * planes + 2 * (p) + 1) * kAmxTileElems, 64);
-  if (planes == 3) {
-    for (int64_t s = 0; s < steps; ++s) {  // a0b0 a1b0 a2b0 | a0b1 a1b1 | a0b2
-      ECOM_AMX_B(0)
-      ECOM_AMX_A(0)
-      ECOM_AMX_A(1)
-      ECOM_AMX_A(2)
-      ECOM_AMX_B(1)
-      ECOM_AMX_A(0)
-      ECOM_AMX_A(1)
-      ECOM_AMX_B(2)
-      ECOM_AMX_A(0)
+  // planes of column tiles 0/1. Per step the products a_i b_j with i + j < planes (i < planes,
+  // j < the run's B planes), grouped by B plane so each B tile is loaded once: at 3 planes 18
+  // tile loads per 24 tile products.
+  for (int r = 0; r < nruns; ++r) {
+    const int64_t steps = runs[r].steps;
+    const int bp = runs[r].b_planes;
+    for (int64_t s = 0; s < steps; ++s) {
+      const uint16_t* as0 = a0 + s * planes * kAmxTileElems;
+      const uint16_t* as1 = a1 + s * planes * kAmxTileElems;
+      const uint16_t* bs = b + s * 2 * bp * kAmxTileElems;
+      for (int j = 0; j < bp; ++j) {
+        _tile_loadd(6, bs + 2 * j * kAmxTileElems, 64);
+        _tile_loadd(7, bs + (2 * j + 1) * kAmxTileElems, 64);
+        for (int i = 0; i + j < planes; ++i) {
+          _tile_loadd(4, as0 + i * kAmxTileElems, 64);
+          _tile_loadd(5, as1 + i * kAmxTileElems, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
     }
-  } else if (planes == 2) {
-    for (int64_t s = 0; s < steps; ++s) {  // a0b0 a1b0 | a0b1
-      ECOM_AMX_B(0)
-      ECOM_AMX_A(0)
-      ECOM_AMX_A(1)
-      ECOM_AMX_B(1)
-      ECOM_AMX_A(0)
-    }
-  } else {
-    for (int64_t s = 0; s < steps; ++s) {  // a0b0
-      ECOM_AMX_B(0)
-      ECOM_AMX_A(0)
-    }
+    a0 += steps * planes * kAmxTileElems;
+    a1 += steps * planes * kAmxTileElems;
+    b += steps * 2 * bp * kAmxTileElems;
   }
-#undef ECOM_AMX_A
-#undef ECOM_AMX_B
   _tile_stored(0, ct, stride);
   _tile_stored(1, ct + 16, stride);
   _tile_stored(2, ct + 16 * ld, stride);

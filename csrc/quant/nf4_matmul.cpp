@@ -65,6 +65,7 @@ void gemv(const NF4Kernels& kern, const float* x, int64_t M, const NF4Matrix& W,
 // have that many readable rows / columns (zero where past n1 / k1) -- sources that read in place
 // copy an edge tile into scratch instead.
 struct NF4Source {
+  static constexpr bool kExactBf16 = false;  // its fp32 tiles need all three AMX planes
   const NF4Kernels& kern;
   const NF4Matrix& W;
   const float* tile(int64_t n0, int64_t n1, int64_t k0, int64_t k1, int64_t rows, int64_t cols, float* scratch,
@@ -83,6 +84,7 @@ struct NF4Source {
 };
 
 struct F32Source {
+  static constexpr bool kExactBf16 = false;
   const float* W;
   int64_t N, K;
   // In place suits the forward (NR whole rows per tile); the backward's tiles are narrow column
@@ -103,6 +105,7 @@ struct F32Source {
 };
 
 struct BF16Source {
+  static constexpr bool kExactBf16 = true;  // widened bf16: one AMX plane holds it exactly
   const uint16_t* W;
   int64_t N, K;
   const float* tile(int64_t n0, int64_t n1, int64_t k0, int64_t k1, int64_t rows, int64_t cols, float* scratch,
@@ -174,11 +177,13 @@ constexpr int64_t kAmxGroupBlocks = 4;
 
 // One reduction segment of C[M, cols] (+)= A[M, red] B[red, cols]. pack_b(col0, nv, r0, r1, steps,
 // planes, scratch, out) writes the B panel of columns [col0, col0 + nv) over reduction rows
-// [r0, r1); scratch holds kAmxChunkSteps * 32 * 32 floats.
+// [r0, r1); scratch holds kAmxChunkSteps * 32 * 32 floats. b_planes: the most bf16 planes B needs
+// (1 for bf16 weights: exact in one plane; 3 otherwise).
 struct AmxSegment {
   const float* a;
   int64_t lda, red;
   std::function<void(int64_t, int, int64_t, int64_t, int64_t, int, float*, uint16_t*)> pack_b;
+  int b_planes = 3;
 };
 
 // A short last segment (LoRA's rank-r term: r <= 128) joins the last pass of the segment before it
@@ -225,9 +230,15 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
   uint16_t* ap = a_buf.as<uint16_t>();
   bool acc = accumulate;
   for (const std::vector<Piece>& pass : passes) {
-    int64_t steps = 0;
-    for (const Piece& piece : pass) steps += piece.steps;
-    const int64_t a_panel = steps * amx_a_step_elems(planes), b_panel = steps * amx_b_step_elems(planes);
+    int64_t steps = 0, b_panel = 0;
+    std::vector<AmxRun> runs;
+    for (const Piece& piece : pass) {
+      const int bp = std::min(planes, piece.seg->b_planes);
+      steps += piece.steps;
+      b_panel += piece.steps * amx_b_step_elems(bp);
+      runs.push_back({piece.steps, bp});
+    }
+    const int64_t a_panel = steps * amx_a_step_elems(planes);
     parallel_for(0, 2 * row_pairs, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t rb = b0; rb < b1; ++rb) {
         const int mv = static_cast<int>(std::clamp<int64_t>(M - rb * 16, 0, 16));
@@ -254,18 +265,19 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
         const int64_t cb0 = g * kAmxGroupBlocks, cb1 = std::min(col_blocks, cb0 + kAmxGroupBlocks);
         for (int64_t cb = cb0; cb < cb1; ++cb) {
           uint16_t* out = bp + (cb - cb0) * b_panel;
-          for (const Piece& piece : pass) {
+          for (size_t i = 0; i < pass.size(); ++i) {
+            const Piece& piece = pass[i];
             piece.seg->pack_b(cb * 32, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), piece.r0, piece.r1,
-                              piece.steps, planes, scratch, out);
-            out += piece.steps * amx_b_step_elems(planes);
+                              piece.steps, runs[i].b_planes, scratch, out);
+            out += piece.steps * amx_b_step_elems(runs[i].b_planes);
           }
         }
         for (int64_t rp = 0; rp < row_pairs; ++rp) {
           const int mv = static_cast<int>(std::min<int64_t>(32, M - rp * 32));
           for (int64_t cb = cb0; cb < cb1; ++cb)
-            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, steps, planes,
-                      c + rp * 32 * cols + cb * 32, cols, mv, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)),
-                      acc);
+            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, runs.data(),
+                      static_cast<int>(runs.size()), planes, c + rp * 32 * cols + cb * 32, cols, mv,
+                      static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), acc);
         }
       }
     });
@@ -283,7 +295,8 @@ void gemm_amx(const float* x, int64_t M, int64_t N, int64_t K, const Source& src
                int64_t ld = 0;
                const float* rows = src.tile(n0, n0 + nv, k0, k1, nv, k1 - k0, scratch, k1 - k0, &ld);
                amx_pack_b_rows(rows, ld, nv, k1 - k0, steps, planes, out);
-             }};
+             },
+             Source::kExactBf16 ? 1 : 3};
   int nsegs = 1;
   if (extra) {  // y += u (scale b)^T: r more reduction steps, scale applied to b as the tiled path does
     segs[nsegs++] = {extra->u, extra->r, extra->r,
@@ -313,7 +326,8 @@ void gemm_t_amx(const float* dy, int64_t M, int64_t N, int64_t K, const Source& 
                int64_t ld = 0;
                const float* rows = src.tile(n0, n1, k0, k0 + kv, n1 - n0, kv, scratch, 32, &ld);
                amx_pack_b_cols(rows, ld, n1 - n0, kv, steps, planes, out);
-             }};
+             },
+             Source::kExactBf16 ? 1 : 3};
   int nsegs = 1;
   if (extra)  // dx += g A: r more reduction rows
     segs[nsegs++] = {extra->g, extra->r, extra->r,

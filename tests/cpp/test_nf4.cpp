@@ -373,11 +373,24 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
         std::vector<float> y(s.M * s.N, NAN), dx(s.M * s.K, 0.5f);
         const std::string what = name(level) + (variant == 0 ? " f32 " : " bf16 ") +
                                  std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
-        if (variant == 0) {
-          f32_matmul(x.data(), s.M, w.data(), s.N, s.K, y.data());
-          f32_matmul_t(dy.data(), s.M, w.data(), s.N, s.K, dx.data(), /*accumulate=*/true);
-          // a low-rank term of rank 300 (more rows than one backward tile) on top: dx += g A
-          const int64_t r = 300;
+        // The product under test: fp32 or bf16 weights, forward or backward, with a low-rank term or not.
+        auto forward = [&](float* out, const LowRankOutput* term) {
+          if (variant == 0)
+            f32_matmul(x.data(), s.M, w.data(), s.N, s.K, out, term);
+          else
+            bf16_matmul(x.data(), s.M, w16.data(), s.N, s.K, out, term);
+        };
+        auto backward = [&](float* out, bool accumulate, const LowRankTerm* term) {
+          if (variant == 0)
+            f32_matmul_t(dy.data(), s.M, w.data(), s.N, s.K, out, accumulate, term);
+          else
+            bf16_matmul_t(dy.data(), s.M, w16.data(), s.N, s.K, out, accumulate, term);
+        };
+        forward(y.data(), nullptr);
+        backward(dx.data(), /*accumulate=*/true, nullptr);
+        // a low-rank term of rank 300 (more rows than one backward tile) on top: dx += g A
+        // (with bf16 weights on AMX: one-plane bf16 steps and three-plane fp32 steps in one pass)
+        for (const int64_t r : {int64_t{300}, int64_t{5}}) {
           const std::vector<float> g = random_normal(s.M * r, 29), a = random_normal(r * s.K, 31);
           std::vector<double> lr_ref(s.M * s.K, 0.0);
           for (int64_t m = 0; m < s.M; ++m)
@@ -387,9 +400,9 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
           for (size_t i = 0; i < both_ref.size(); ++i) both_ref[i] += lr_ref[i] - 0.5;  // dx_ref holds +0.5
           std::vector<float> both(s.M * s.K, NAN);
           const LowRankTerm term{g.data(), a.data(), r};
-          f32_matmul_t(dy.data(), s.M, w.data(), s.N, s.K, both.data(), /*accumulate=*/false, &term);
-          EXPECT_LE(rel_err(both, both_ref), 1e-5) << what << " backward + low-rank term";
-          // the forward's low-rank term, rank 300 too: y = x W^T + 0.5 u b^T
+          backward(both.data(), /*accumulate=*/false, &term);
+          EXPECT_LE(rel_err(both, both_ref), 1e-5) << what << " backward + low-rank term r=" << r;
+          // the forward's low-rank term of the same rank: y = x W^T + 0.5 u b^T
           const std::vector<float> u = random_normal(s.M * r, 37), b = random_normal(s.N * r, 41);
           std::vector<double> y_lr_ref(y_ref);
           for (int64_t m = 0; m < s.M; ++m)
@@ -397,11 +410,8 @@ TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {
               for (int64_t j = 0; j < r; ++j) y_lr_ref[m * s.N + n] += 0.5 * u[m * r + j] * static_cast<double>(b[n * r + j]);
           std::vector<float> y_lr(s.M * s.N, NAN);
           const LowRankOutput out_term{u.data(), b.data(), r, 0.5f};
-          f32_matmul(x.data(), s.M, w.data(), s.N, s.K, y_lr.data(), &out_term);
-          EXPECT_LE(rel_err(y_lr, y_lr_ref), 1e-5) << what << " forward + low-rank term";
-        } else {
-          bf16_matmul(x.data(), s.M, w16.data(), s.N, s.K, y.data());
-          bf16_matmul_t(dy.data(), s.M, w16.data(), s.N, s.K, dx.data(), /*accumulate=*/true);
+          forward(y_lr.data(), &out_term);
+          EXPECT_LE(rel_err(y_lr, y_lr_ref), 1e-5) << what << " forward + low-rank term r=" << r;
         }
         EXPECT_LE(rel_err(y, y_ref), 1e-5) << what << " forward";
         EXPECT_LE(rel_err(dx, dx_ref), 1e-5) << what << " backward";
