@@ -4,9 +4,9 @@
 // Sapphire Rapids core. To keep fp32 accuracy ("bf16x3", as in FP32 emulation on matrix engines),
 // every fp32 operand v is split into three bf16 planes, v = p0 + p1 + p2 exactly up to ~2^-27 |v|:
 //   p0 = bf16(v), p1 = bf16(v - p0), p2 = bf16(v - p0 - p1)      (each subtraction exact in fp32)
-// and a product keeps the six cross terms down to 2^-16 relative:
+// (|p1| <= 2^-9 |v|, |p2| <= 2^-18 |v|) and a product keeps the six cross terms down to ~2^-18:
 //   a b ~ a0 b0 + a0 b1 + a1 b0 + a0 b2 + a1 b1 + a2 b0
-// (the dropped terms are below 2^-24 relative: the size of fp32 rounding itself). Accumulation is
+// (the dropped terms are below ~2^-26 relative, under fp32's own rounding of 2^-24). Accumulation is
 // fp32 in the tiles. Inputs must be finite and below ~3.38e38 (bf16's largest finite value), and
 // values below ~1e-33 lose their low planes (the tiles treat bf16 denormals as zero).
 //
