@@ -1,8 +1,8 @@
 // A small fp32 vector type for kernels written once and compiled per instruction set: include it
 // from a file built with -mavx2 -mfma (after #define ECOM_SIMD_AVX2) or with the AVX-512 flags
 // (after #define ECOM_SIMD_AVX512). Everything has internal linkage, so the linker never hands one
-// ISA's build to code running on a CPU that lacks it. Used by nn/swiglu_simd.h and
-// nn/lora_kernels_simd.h and quant/nf4_kernels_simd.h.
+// ISA's build to code running on a CPU that lacks it. Used by nn/swiglu_simd.h,
+// nn/lora_kernels_simd.h, quant/nf4_kernels_simd.h and quant/amx_tiles_amx.cpp.
 #pragma once
 
 #include <immintrin.h>
@@ -37,6 +37,32 @@ inline V pow2_of_magic(V t) {
   const __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t.v), _mm512_set1_epi32(0x4B400000));
   return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23))};
 }
+// out[c] = column c of the 16 x 16 block in r (r is clobbered).
+inline void transpose_block(__m512* r, __m512* out) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4 i + c], 128-bit lane L: element 4 L + c of rows 4 i .. 4 i + 3
+  for (int i = 0; i < 4; ++i) {
+    const __m512d lo0 = _mm512_castps_pd(t[4 * i]), lo1 = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d hi0 = _mm512_castps_pd(t[4 * i + 1]), hi1 = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 ab_lo = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), ab_hi = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+    const __m512 cd_lo = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512 cd_hi = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+    out[c] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0x88);
+    out[4 + c] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0xDD);
+    out[8 + c] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0x88);
+    out[12 + c] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0xDD);
+  }
+}
 #elif defined(ECOM_SIMD_AVX2)
 struct V {
   static constexpr int kLanes = 8;
@@ -66,6 +92,25 @@ inline V zero_where_equal(V x, float value, V v) {
 inline V pow2_of_magic(V t) {
   const __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t.v), _mm256_set1_epi32(0x4B400000));
   return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23))};
+}
+// out[c] = column c of the 8 x 8 block in r (r is clobbered).
+inline void transpose_block(__m256* r, __m256* out) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // s[4 i + c], 128-bit lane L: element 4 L + c of rows 4 i .. 4 i + 3
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    out[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+    out[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+  }
 }
 #else
 #error "define ECOM_SIMD_AVX2 or ECOM_SIMD_AVX512 before including base/simd_vec.h"

@@ -9,6 +9,8 @@
 
 #include <cstring>
 
+#define ECOM_SIMD_AVX512 1
+#include "base/simd_vec.h"
 #include "quant/amx_tiles.h"
 
 namespace ecomllm::quant {
@@ -35,33 +37,6 @@ inline Planes16 split(__m512 v, int planes) {
 // Mask of the first `valid` of 16 lanes (clamped to 0..16).
 inline __mmask16 lanes(int64_t valid) {
   return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
-}
-
-// 16 x 16 transpose of 32-bit elements: r[i] row i in, r[j] column j out.
-inline void transpose16(__m512i* r) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  // r[4 i + c], 128-bit lane L: element 4 L + c of rows 4 i .. 4 i + 3
-  for (int c = 0; c < 4; ++c) {
-    const __m512i a = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);       // lanes 0, 2 of rows 0-7
-    const __m512i b = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);       // lanes 1, 3
-    const __m512i d = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
-    const __m512i e = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
-    t[c] = _mm512_shuffle_i32x4(a, d, 0x88);       // lane 0 of all: element c
-    t[8 + c] = _mm512_shuffle_i32x4(a, d, 0xDD);   // lane 2: element 8 + c
-    t[4 + c] = _mm512_shuffle_i32x4(b, e, 0x88);   // lane 1: element 4 + c
-    t[12 + c] = _mm512_shuffle_i32x4(b, e, 0xDD);  // lane 3: element 12 + c
-  }
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
 // LDTILECFG's 64-byte operand: palette 1; tiles 0-7 of 16 rows x 64 bytes (bytes 16-31: colsb as
@@ -102,8 +77,9 @@ void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t s
     const int64_t k0 = s * kAmxStep;
     const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
     for (int jt = 0; jt < 2; ++jt) {
-      // Row j of W (output column 16 jt + j): 32 reduction values = 16 bf16 pairs per plane.
-      __m512i rows[3][16];
+      // Row j of W (output column 16 jt + j): 32 reduction values = 16 bf16 pairs per plane, as
+      // 32-bit lanes (held in float registers for the transpose: bits are only moved).
+      __m512 rows[3][16], pairs[16];
       for (int j = 0; j < 16; ++j) {
         const int col = 16 * jt + j;
         __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
@@ -112,12 +88,13 @@ void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t s
           v1 = _mm512_maskz_loadu_ps(m1, w + col * ldw + k0 + 16);
         }
         const Planes16 s0 = split(v0, planes), s1 = split(v1, planes);
-        for (int p = 0; p < planes; ++p) rows[p][j] = _mm512_inserti64x4(_mm512_zextsi256_si512(s0.p[p]), s1.p[p], 1);
+        for (int p = 0; p < planes; ++p)
+          rows[p][j] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_zextsi256_si512(s0.p[p]), s1.p[p], 1));
       }
       for (int p = 0; p < planes; ++p) {
-        transpose16(rows[p]);  // row q: pair q of every column
+        simd::transpose_block(rows[p], pairs);  // pairs[q]: pair q of every column
         uint16_t* tile = out + s * amx_b_step_elems(planes) + (p * 2 + jt) * kAmxTileElems;
-        for (int q = 0; q < 16; ++q) _mm512_storeu_si512(tile + q * 32, rows[p][q]);
+        for (int q = 0; q < 16; ++q) _mm512_storeu_ps(tile + q * 32, pairs[q]);
       }
     }
   }

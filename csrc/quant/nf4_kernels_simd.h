@@ -238,56 +238,9 @@ void gemm_tile(int64_t kc, const float* xp, const float* wp, float* y, int64_t l
 }
 
 // ---- forward W panel packing: panel[k * kGemmNR + j] = rows[j * ld + k] -------------------------
-// A square block of V::kLanes rows x V::kLanes columns at a time, transposed in registers (about
-// 5 shuffles per vector); the scalar loop this replaced cost ~1.5 cycles per weight, a third of
-// the FMA work at M = 128.
-#if defined(ECOM_SIMD_AVX512)
-// out[c] = column c of the 16 x 16 block in r (r is clobbered).
-inline void transpose_block(__m512* r, __m512* out) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // r[4 i + c], 128-bit lane L: element 4 L + c of rows 4 i .. 4 i + 3
-  for (int i = 0; i < 4; ++i) {
-    const __m512d lo0 = _mm512_castps_pd(t[4 * i]), lo1 = _mm512_castps_pd(t[4 * i + 2]);
-    const __m512d hi0 = _mm512_castps_pd(t[4 * i + 1]), hi1 = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 ab_lo = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), ab_hi = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
-    const __m512 cd_lo = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
-    const __m512 cd_hi = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
-    out[c] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0x88);
-    out[4 + c] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0xDD);
-    out[8 + c] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0x88);
-    out[12 + c] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0xDD);
-  }
-}
-#else
-inline void transpose_block(__m256* r, __m256* out) {
-  __m256 t[8], s[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // s[4 i + c], 128-bit lane L: element 4 L + c of rows 4 i .. 4 i + 3
-  for (int i = 0; i < 2; ++i) {
-    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    out[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
-    out[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
-  }
-}
-#endif
+// A square block of V::kLanes rows x V::kLanes columns at a time, transposed in registers
+// (simd::transpose_block, about 5 shuffles per vector); the scalar loop this replaced cost ~1.5
+// cycles per weight, a third of the FMA work at M = 128.
 
 void pack_panel(const float* rows, int64_t ld, int64_t kc, float* panel) {
   constexpr int L = V::kLanes;

@@ -193,32 +193,41 @@ constexpr int64_t kAmxTailSteps = 4;
 
 // C[M, cols] (row stride cols) = (accumulate: +=) the sum over the segments.
 void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, float* c, bool accumulate) {
-  // The passes: each a list of pieces (segment, reduction range) run as one block of steps.
+  const int planes = amx_planes();  // fp32 accuracy (3) unless set_fp32_matmul_precision lowered it
+  // The passes: each a list of pieces (segment, reduction range) run as one block of steps, with
+  // the B planes of each piece's run and the pass's panel sizes.
   struct Piece {
     const AmxSegment* seg;
-    int64_t r0, r1, steps;
+    int64_t r0, r1;
   };
-  std::vector<std::vector<Piece>> passes;
+  struct Pass {
+    std::vector<Piece> pieces;
+    std::vector<AmxRun> runs;
+    int64_t steps = 0, b_panel = 0;  // b_panel: B elements per column block
+    void add(const Piece& piece, int planes) {
+      const int64_t n = (piece.r1 - piece.r0 + kAmxStep - 1) / kAmxStep;
+      const int bp = std::min(planes, piece.seg->b_planes);
+      pieces.push_back(piece);
+      runs.push_back({n, bp});
+      steps += n;
+      b_panel += n * amx_b_step_elems(bp);
+    }
+  };
+  std::vector<Pass> passes;
   for (int si = 0; si < nsegs; ++si) {
     const AmxSegment& seg = segs[si];
     const int64_t seg_steps = (seg.red + kAmxStep - 1) / kAmxStep;
     const bool joins = si > 0 && si == nsegs - 1 && seg_steps <= kAmxTailSteps && !passes.empty();
     for (int64_t r0 = 0; r0 < seg.red; r0 += kAmxChunkSteps * kAmxStep) {
-      const int64_t r1 = std::min(seg.red, r0 + kAmxChunkSteps * kAmxStep);
-      const Piece piece{&seg, r0, r1, (r1 - r0 + kAmxStep - 1) / kAmxStep};
-      if (joins)
-        passes.back().push_back(piece);
-      else
-        passes.push_back({piece});
+      if (!joins) passes.emplace_back();
+      passes.back().add({&seg, r0, std::min(seg.red, r0 + kAmxChunkSteps * kAmxStep)}, planes);
     }
   }
-  int64_t max_steps = 0;  // of any pass (at most kAmxChunkSteps + kAmxTailSteps)
-  for (const std::vector<Piece>& pass : passes) {
-    int64_t steps = 0;
-    for (const Piece& piece : pass) steps += piece.steps;
-    max_steps = std::max(max_steps, steps);
+  int64_t max_steps = 0, max_b_panel = 0;  // over the passes (steps <= kAmxChunkSteps + kAmxTailSteps)
+  for (const Pass& pass : passes) {
+    max_steps = std::max(max_steps, pass.steps);
+    max_b_panel = std::max(max_b_panel, pass.b_panel);
   }
-  const int planes = amx_planes();  // fp32 accuracy (3) unless set_fp32_matmul_precision lowered it
   const int64_t row_pairs = (M + 31) / 32, col_blocks = (cols + 31) / 32;
   const int64_t groups = (col_blocks + kAmxGroupBlocks - 1) / kAmxGroupBlocks;
   // A panels of every 16 rows for one pass (1.5x the fp32 A of a pass at 3 planes: 4.5 MiB for
@@ -229,33 +238,25 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
   if (a_buf.size() < a_bytes) a_buf = AlignedBuffer(a_bytes);
   uint16_t* ap = a_buf.as<uint16_t>();
   bool acc = accumulate;
-  for (const std::vector<Piece>& pass : passes) {
-    int64_t steps = 0, b_panel = 0;
-    std::vector<AmxRun> runs;
-    for (const Piece& piece : pass) {
-      const int bp = std::min(planes, piece.seg->b_planes);
-      steps += piece.steps;
-      b_panel += piece.steps * amx_b_step_elems(bp);
-      runs.push_back({piece.steps, bp});
-    }
-    const int64_t a_panel = steps * amx_a_step_elems(planes);
+  for (const Pass& pass : passes) {
+    const int64_t steps = pass.steps, b_panel = pass.b_panel, a_panel = steps * amx_a_step_elems(planes);
     parallel_for(0, 2 * row_pairs, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t rb = b0; rb < b1; ++rb) {
         const int mv = static_cast<int>(std::clamp<int64_t>(M - rb * 16, 0, 16));
         uint16_t* out = ap + rb * a_panel;
-        for (const Piece& piece : pass) {
+        for (size_t i = 0; i < pass.pieces.size(); ++i) {
+          const Piece& piece = pass.pieces[i];
           const AmxSegment& seg = *piece.seg;
           amx_pack_a(mv > 0 ? seg.a + rb * 16 * seg.lda + piece.r0 : seg.a, seg.lda, mv, piece.r1 - piece.r0,
-                     piece.steps, planes, out);
-          out += piece.steps * amx_a_step_elems(planes);
+                     pass.runs[i].steps, planes, out);
+          out += pass.runs[i].steps * amx_a_step_elems(planes);
         }
       }
     });
     parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       // Per worker thread, kept: ~1 MiB allocated per call came from mmap and page-faulted each time.
       thread_local AlignedBuffer b_buf, scratch_buf;
-      const size_t b_bytes =
-          sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_steps * amx_b_step_elems(planes));
+      const size_t b_bytes = sizeof(uint16_t) * static_cast<size_t>(kAmxGroupBlocks * max_b_panel);
       if (b_buf.size() < b_bytes) b_buf = AlignedBuffer(b_bytes);
       if (scratch_buf.size() == 0) scratch_buf = AlignedBuffer(sizeof(float) * kAmxChunkSteps * kAmxStep * 32);
       uint16_t* bp = b_buf.as<uint16_t>();
@@ -265,18 +266,19 @@ void amx_product(int64_t M, int64_t cols, const AmxSegment* segs, int nsegs, flo
         const int64_t cb0 = g * kAmxGroupBlocks, cb1 = std::min(col_blocks, cb0 + kAmxGroupBlocks);
         for (int64_t cb = cb0; cb < cb1; ++cb) {
           uint16_t* out = bp + (cb - cb0) * b_panel;
-          for (size_t i = 0; i < pass.size(); ++i) {
-            const Piece& piece = pass[i];
+          for (size_t i = 0; i < pass.pieces.size(); ++i) {
+            const Piece& piece = pass.pieces[i];
+            const AmxRun& run = pass.runs[i];
             piece.seg->pack_b(cb * 32, static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), piece.r0, piece.r1,
-                              piece.steps, runs[i].b_planes, scratch, out);
-            out += piece.steps * amx_b_step_elems(runs[i].b_planes);
+                              run.steps, run.b_planes, scratch, out);
+            out += run.steps * amx_b_step_elems(run.b_planes);
           }
         }
         for (int64_t rp = 0; rp < row_pairs; ++rp) {
           const int mv = static_cast<int>(std::min<int64_t>(32, M - rp * 32));
           for (int64_t cb = cb0; cb < cb1; ++cb)
-            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, runs.data(),
-                      static_cast<int>(runs.size()), planes, c + rp * 32 * cols + cb * 32, cols, mv,
+            amx_block(ap + 2 * rp * a_panel, ap + (2 * rp + 1) * a_panel, bp + (cb - cb0) * b_panel, pass.runs.data(),
+                      static_cast<int>(pass.runs.size()), planes, c + rp * 32 * cols + cb * 32, cols, mv,
                       static_cast<int>(std::min<int64_t>(32, cols - cb * 32)), acc);
         }
       }
