@@ -14,7 +14,9 @@
 // Per group: 1 load, 7 shifts, 8 permutes, 8 multiply-adds against x, and a permute + FMA for the
 // scales: ~13 cycles on the two 512-bit ports. Measured single-threaded in L2: ~7.5 weights per
 // cycle (1.6x the generic kernel). Loading from bytes 1-3 instead of shifting by 8/16/24 (the
-// same low bits) was slower: those loads split cache lines.
+// same low bits) was slower: those loads split cache lines. AMX int8 at M = 1 (codes as three
+// int8 digits in A tiles, x digits in B) was exact enough but 2x slower: C must be stored and
+// rescaled every 64-weight block, a serial chain per block (benchmarks/README.md has the figures).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
