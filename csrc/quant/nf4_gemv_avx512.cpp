@@ -35,7 +35,6 @@ void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* 
       W, bias, n0, n1, y, [](int64_t, int64_t, __m512 scales) { return scales; },
       [&](const uint8_t* p, int64_t g) {
         const float* xv = xg + g * kGroup;
-        _mm_prefetch(reinterpret_cast<const char*>(p) + kGroupPrefetchBytes, _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(p);
         // lookup(s) = table[bits s .. s+3 of every lane]: element 8 i + (s / 4 ^ 1) of the group.
         auto lookup = [&](int s) { return _mm512_permutexvar_ps(_mm512_srli_epi32(v, s), table); };

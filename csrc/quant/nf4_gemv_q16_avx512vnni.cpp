@@ -34,7 +34,6 @@ void gemv_q16_rows_avx512vnni(const NF4Matrix& W, const int16_t* table, const in
       },
       [&](const uint8_t* p, int64_t g) {
         const int16_t* xv = xq + g * kGroup;
-        _mm_prefetch(reinterpret_cast<const char*>(p) + kGroupPrefetchBytes, _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(p);
         __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_permutexvar_epi16(v, codes),
                                           _mm512_loadu_si512(xv));
