@@ -109,6 +109,19 @@ def test_matmul(level, case):
     assert err <= TOL, f"matmul rel err {err:.3g} at {level} {case} dq={dq}"
 
 
+# The grouped M <= 3 kernels (K % 128 == 0, blocksize % 64 == 0) read block scales per 64-weight
+# half-group; with double quantization from a table per nested chunk of 256 blocks. K = 384 puts
+# chunk boundaries mid-row; blocksize 4096 makes blocks span rows.
+@pytest.mark.parametrize("dq", [False, True], ids=["plain", "dq"])
+@pytest.mark.parametrize("m,n,k,bs", [(1, 300, 384, 64), (3, 300, 384, 128), (1, 33, 256, 128), (2, 9, 512, 256),
+                                      (1, 40, 1024, 4096), (3, 700, 1024, 64)])
+def test_grouped_gemv_block_scales(level, m, n, k, bs, dq):
+    t, wd = _weight(n, k, bs, dq)
+    x = _x((m, k))
+    err = rel_err(t.matmul(x), x.astype(np.float64) @ wd.T)
+    assert err <= TOL, f"rel err {err:.3g} at {level} M{m} N{n} K{k} bs{bs} dq={dq}"
+
+
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_matmul_t(level, case):
     m, n, k, bs = case
