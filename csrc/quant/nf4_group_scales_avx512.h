@@ -1,6 +1,6 @@
 // The row walk and the block scales shared by the AVX-512 grouped M = 1 kernels
-// (nf4_gemv_avx512.cpp, nf4_gemv_q16_avx512vnni.cpp). Include only from files built with the
-// AVX-512 flags and without FMA contraction; internal linkage, so each such file has its own copy.
+// (nf4_gemv_avx512.cpp, nf4_gemv_q16_avx512vnni.cpp). Include only from files built with the AVX-512 flags and without
+// FMA contraction; internal linkage, so each such file has its own copy.
 #pragma once
 
 #include <immintrin.h>
@@ -8,14 +8,39 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "quant/nf4.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::quant {
 namespace {
 
-constexpr int64_t kGroup = 128;  // weights per 64-byte load
+// out[i] = scale of the block holding weights [start + 64 i, start + 64 (i + 1)) for i < count
+// (<= 16), out[count ..] = 0. Double quantization is undone as dequantize() does it: code * nested,
+// then + offset, two roundings (this file is compiled without FMA contraction).
+void half_group_scales(const NF4Matrix& W, int64_t start, int64_t count, float* out) {
+  const int64_t bs = W.blocksize;
+  if (bs == 64) {
+    const int64_t b0 = start / 64;
+    const __mmask16 live = static_cast<__mmask16>((1u << count) - 1u);
+    if (W.absmax) {
+      _mm512_storeu_ps(out, _mm512_maskz_loadu_ps(live, W.absmax + b0));
+      return;
+    }
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, W.qabsmax + b0));
+    const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, q, W.nested_code, 4);
+    const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b0 % 256)),
+                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512 nested = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, _mm512_srli_epi32(lane, 8),
+                                                   W.nested_absmax + b0 / 256, 4);
+    const __m512 scaled = _mm512_mul_ps(code, nested);
+    _mm512_storeu_ps(out, _mm512_maskz_add_ps(live, scaled, _mm512_set1_ps(W.offset)));
+    return;
+  }
+  for (int64_t i = 0; i < 16; ++i) out[i] = 0.0f;
+  for (int64_t i = 0; i < count; ++i) W.block_scales((start + 64 * i) / bs, (start + 64 * i) / bs + 1, out + i);
+}
 
+constexpr int64_t kGroup = 128;        // weights per 64-byte load
+constexpr int64_t kSegmentGroups = 8;  // groups per vector of 16 half-group scales
 // Software prefetches in the packed stream, one line per group: to L2 16 KiB ahead and from there
 // to L1 512 bytes ahead. Prefetches never fault, so the last 16 KiB of rows prefetch past the end
 // (a bounds test per group measured no better). One core keeps only ~16 L1 misses in flight, and
@@ -27,77 +52,34 @@ constexpr int64_t kGroup = 128;  // weights per 64-byte load
 constexpr int64_t kGroupPrefetchFarBytes = 16384;
 constexpr int64_t kGroupPrefetchNearBytes = 512;
 
-// The 256 possible fp32 block scales of one nested chunk (256 blocks) of a double-quantized
-// matrix, undone as dequantize() does it: code256[q] * nested, then + offset, two roundings (this
-// file is compiled without FMA contraction). Tabulated once per chunk instead of gathering
-// code256[q] per block, as this walk did before: vgatherdps is slow on CPUs with the gather data
-// sampling mitigation. In a stand-alone replica the gathers and the per-group scale permute cost
-// ~2 cycles of ~19 per 128-weight group; through the library the change measured +6% cache-hot
-// with fp32 absmax and within noise with double quantization and when streamed.
-class NestedScaleTable {
- public:
-  explicit NestedScaleTable(const NF4Matrix& W) : W_(W) {}
-
-  // table[q] = the scale of a block of nested chunk `chunk` whose 8-bit code is q.
-  const float* of(int64_t chunk) {
-    if (chunk != chunk_) {
-      const __m512 nested = _mm512_set1_ps(W_.nested_absmax[chunk]), offset = _mm512_set1_ps(W_.offset);
-      for (int q = 0; q < 256; q += 16) {
-        const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(W_.nested_code + q), nested);
-        _mm512_store_ps(table_ + q, _mm512_add_ps(scaled, offset));
-      }
-      chunk_ = chunk;
-    }
-    return table_;
-  }
-
- private:
-  const NF4Matrix& W_;
-  int64_t chunk_ = -1;
-  alignas(64) float table_[256];
-};
-
-// y[n] = sum over 128-weight groups g of row n of dot_group(group bytes, g), lanes 0-7 times the
-// scale of the block holding the group's first 64 weights, lanes 8-15 times that of the next 64,
-// all 16 lanes reduced (+ bias[n]), for n in [n0, n1). Needs nf4_gemv_grouped_supported(W): both
-// halves of a group then lie in one block each, and a nested chunk (256 blocks of a power-of-two
-// blocksize >= 64) starts on a group boundary, so each run of groups below reads one table.
-template <typename DotGroup>
-void walk_grouped_rows(const NF4Matrix& W, const float* bias, int64_t n0, int64_t n1, float* y, DotGroup&& dot_group) {
+// y[n] = sum over groups of dot_group(group bytes, g) * scale(lanes), reduced (+ bias[n]), for
+// n in [n0, n1). dot_group(p, g) returns 16 fp32 lane sums of group g (lanes 0-7: its first 64
+// weights, 8-15: the next 64); segment(g0, scales) turns the 16 half-group block scales of groups
+// g0 .. g0+7 into the lane scales (the int16 kernel multiplies in its x scales).
+template <typename Segment, typename DotGroup>
+void walk_grouped_rows(const NF4Matrix& W, const float* bias, int64_t n0, int64_t n1, float* y, Segment&& segment,
+                       DotGroup&& dot_group) {
   const int64_t K = W.cols, groups = K / kGroup;
-  const int shift = __builtin_ctzll(static_cast<uint64_t>(W.blocksize));  // block of flat index i: i >> shift
-  NestedScaleTable nested(W);
+  // select[g]: lanes 0-7 take half-group scale 2g, lanes 8-15 take 2g + 1.
+  __m512i select[kSegmentGroups];
+  for (int g = 0; g < kSegmentGroups; ++g)
+    select[g] = _mm512_inserti64x4(_mm512_set1_epi32(2 * g), _mm256_set1_epi32(2 * g + 1), 1);
+  alignas(64) float scales[16];
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = W.packed + n * (K / 2);
-    const int64_t row_start = n * K;
-    // Two accumulators, one per half: each masked multiply-add scales its 8 lanes by a scale
-    // broadcast from memory (no per-group permute to build a two-scale vector).
-    __m512 first = _mm512_setzero_ps(), second = _mm512_setzero_ps();
-    // Groups [g0, g1) with scale(b) = pointer to the scale of block b.
-    auto run = [&](int64_t g0, int64_t g1, auto&& scale) {
-      for (int64_t g = g0; g < g1; ++g) {
-        const uint8_t* p = row + g * (kGroup / 2);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < groups; g0 += kSegmentGroups) {
+      const int64_t count = std::min(kSegmentGroups, groups - g0);
+      half_group_scales(W, n * K + g0 * kGroup, 2 * count, scales);
+      const __m512 segment_scales = segment(g0, count, _mm512_load_ps(scales));
+      for (int64_t g = 0; g < count; ++g) {
+        const uint8_t* p = row + (g0 + g) * (kGroup / 2);
         _mm_prefetch(reinterpret_cast<const char*>(p) + kGroupPrefetchFarBytes, _MM_HINT_T2);
         _mm_prefetch(reinterpret_cast<const char*>(p) + kGroupPrefetchNearBytes, _MM_HINT_T0);
-        const __m512 d = dot_group(p, g);
-        const int64_t start = row_start + g * kGroup;
-        first = _mm512_mask3_fmadd_ps(d, _mm512_set1_ps(*scale(start >> shift)), first, 0x00FF);
-        second = _mm512_mask3_fmadd_ps(d, _mm512_set1_ps(*scale((start + kGroup / 2) >> shift)), second, 0xFF00);
-      }
-    };
-    if (W.absmax) {
-      run(0, groups, [&](int64_t b) { return W.absmax + b; });
-    } else {
-      for (int64_t g = 0; g < groups;) {
-        const int64_t chunk = ((row_start + g * kGroup) >> shift) / kNestedBlocksize;
-        const int64_t next_chunk_start = ((chunk + 1) * kNestedBlocksize) << shift;  // flat index
-        const int64_t g_end = std::min(groups, (next_chunk_start - row_start) / kGroup);
-        const float* table = nested.of(chunk);
-        run(g, g_end, [&](int64_t b) { return table + W.qabsmax[b]; });
-        g = g_end;
+        total = _mm512_fmadd_ps(dot_group(p, g0 + g), _mm512_permutexvar_ps(select[g], segment_scales), total);
       }
     }
-    y[n] = _mm512_reduce_add_ps(_mm512_add_ps(first, second)) + (bias ? bias[n] : 0.0f);
+    y[n] = _mm512_reduce_add_ps(total) + (bias ? bias[n] : 0.0f);
   }
 }
 

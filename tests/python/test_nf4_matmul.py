@@ -110,8 +110,8 @@ def test_matmul(level, case):
 
 
 # The grouped M <= 3 kernels (K % 128 == 0, blocksize % 64 == 0) read block scales per 64-weight
-# half-group; with double quantization from a table per nested chunk of 256 blocks. K = 384 puts
-# chunk boundaries mid-row; blocksize 4096 makes blocks span rows.
+# half-group, with double quantization through nested chunks of 256 blocks. K = 384 puts chunk
+# boundaries mid-row; blocksize 4096 makes blocks span rows.
 @pytest.mark.parametrize("dq", [False, True], ids=["plain", "dq"])
 @pytest.mark.parametrize("m,n,k,bs", [(1, 300, 384, 64), (3, 300, 384, 128), (1, 33, 256, 128), (2, 9, 512, 256),
                                       (1, 40, 1024, 4096), (3, 700, 1024, 64)])
