@@ -5,10 +5,10 @@
 
 #include "base/cpu_features.h"
 #include "base/fma_peak.h"
-#include "quant/amx_tiles.h"
 #include "base/half.h"
 #include "base/parallel.h"
 #include "bindings/numpy_views.h"
+#include "quant/amx_tiles.h"
 
 namespace ecomllm::bindings {
 namespace {

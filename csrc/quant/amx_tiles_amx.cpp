@@ -160,9 +160,9 @@ void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, const 
     const int64_t steps = runs[r].steps;
     const int bp = runs[r].b_planes;
     for (int64_t s = 0; s < steps; ++s) {
-      const uint16_t* as0 = a0 + s * planes * kAmxTileElems;
-      const uint16_t* as1 = a1 + s * planes * kAmxTileElems;
-      const uint16_t* bs = b + s * 2 * bp * kAmxTileElems;
+      const uint16_t* as0 = a0 + s * amx_a_step_elems(planes);
+      const uint16_t* as1 = a1 + s * amx_a_step_elems(planes);
+      const uint16_t* bs = b + s * amx_b_step_elems(bp);
       for (int j = 0; j < bp; ++j) {
         _tile_loadd(6, bs + 2 * j * kAmxTileElems, 64);
         _tile_loadd(7, bs + (2 * j + 1) * kAmxTileElems, 64);
@@ -176,9 +176,9 @@ void amx_block(const uint16_t* a0, const uint16_t* a1, const uint16_t* b, const 
         }
       }
     }
-    a0 += steps * planes * kAmxTileElems;
-    a1 += steps * planes * kAmxTileElems;
-    b += steps * 2 * bp * kAmxTileElems;
+    a0 += steps * amx_a_step_elems(planes);
+    a1 += steps * amx_a_step_elems(planes);
+    b += steps * amx_b_step_elems(bp);
   }
   _tile_stored(0, ct, stride);
   _tile_stored(1, ct + 16, stride);
