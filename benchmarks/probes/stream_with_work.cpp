@@ -1,8 +1,8 @@
 // Stand-alone probe (not part of the build): how much busy work per 64-byte line slows a
 // streamed read of 1 GiB, with two threads, as the M = 1 NF4 kernels stream their weights.
 //
-//   g++ -O3 -march=sapphirerapids -fopenmp -DWORK=2 -DLOOKUPS=6 -DSTREAMS=2 -DBURST=512 \
-//       benchmarks/probes/stream_with_work.cpp -o /tmp/stream_with_work && /tmp/stream_with_work
+//   g++ -O3 -march=sapphirerapids -fopenmp -DWORK=2 -DSTREAMS=2 benchmarks/probes/stream_with_work.cpp -o /tmp/sww
+//   /tmp/sww
 //
 // WORK: 0 none (a plain read); 1 scalar adds that do not use the data, SCALAR_ADDS per line;
 //       2 the product-table kernel's shape (nf4_lut_gemv.cpp): 3 index ops, LOOKUPS vpermb and
@@ -10,6 +10,7 @@
 // STREAMS: row ranges per thread walked in lockstep. BURST: 0 prefetches 4 lines per 256 bytes;
 //       otherwise all lines of each BURST bytes at once. Prefetches go to L2, 16 KiB ahead.
 // Prints GB/s for five passes. Figures: benchmarks/README.md, "Why the work per byte matters".
+#pragma GCC diagnostic ignored "-Wuninitialized"  // inside GCC's _mm512_reduce_add_epi32
 #include <immintrin.h>
 #include <omp.h>
 #include <sys/mman.h>
