@@ -7,8 +7,9 @@
 // WORK: 0 none (a plain read); 1 scalar adds that do not use the data, SCALAR_ADDS per line;
 //       2 the product-table kernel's shape (nf4_lut_gemv.cpp): 3 index ops, LOOKUPS vpermb and
 //       LOOKUPS vpdpbusd per line into independent accumulators, tables in registers.
-// STREAMS: row ranges per thread walked in lockstep. BURST: 0 prefetches 4 lines per 256 bytes;
-//       otherwise all lines of each BURST bytes at once. Prefetches go to L2, 16 KiB ahead.
+// STREAMS: row ranges per thread walked in lockstep (a power of two). BURST: 0 prefetches 4 lines
+//       per 256 bytes; else a power of two >= 256: all lines of each BURST bytes at once. Prefetches
+//       go to L2, 16 KiB ahead.
 // Prints GB/s for five passes. Figures: benchmarks/README.md, "Why the work per byte matters".
 #pragma GCC diagnostic ignored "-Wuninitialized"  // both from inside GCC's intrinsic headers
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
