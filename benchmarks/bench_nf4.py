@@ -590,6 +590,26 @@ class Bench:
                     m.matmul(x1, activations="int16")
 
             passes["ours_int16"] = ours_int16_pass
+        # the opt-in decoding copy (NF4Tensor.prepare_decoding): twins of the same matrices that
+        # share their arrays and add the repacked codes, timed in the same alternating passes
+        err_decode, decode_bytes, dmats = None, 0, []
+        if base.prepare_decoding():
+            base.prepare_decoding(False)
+            dmats = [NF4Tensor.from_state_dict(m.state_dict()) for m in mats]
+            for m in dmats:
+                m.prepare_decoding()
+            decode_bytes = dmats[0].decoding_nbytes
+            err_decode = max(rel_err(dmats[0].matmul(x1), ref1),
+                             rel_err(dmats[-1].matmul(x1), x1 @ last.dequantize().T))
+            if not err_decode <= TOL_FP32:
+                raise RuntimeError(f"our decoding-layout GEMV is wrong: relative max error {err_decode:.3g}")
+            log(f"[{key}] ours decode layout: +{decode_bytes / MIB:.2f} MiB per matrix, error {err_decode:.2g}")
+
+            def ours_decode_pass():
+                for m in dmats:
+                    m.matmul(x1)
+
+            passes["ours_decode"] = ours_decode_pass
         bnb_info = {}
         if self.bnb is not None:
             try:
@@ -615,6 +635,13 @@ class Bench:
                 "ms_per_call_median": t16 * 1e3, "gbs_median": nbytes / t16 / 1e9,
                 "gbs_best": nbytes / (min(times["ours_int16"]) / nmat) / 1e9, "max_rel_err": err_int16}
             log(f"[{key}] ours int16 activations: {t16 * 1e3:.3f} ms/call = {nbytes / t16 / 1e9:.2f} GB/s")
+        if "ours_decode" in times:
+            td = median(times["ours_decode"]) / nmat
+            self.details["gemv"][key]["decode_layout"] = {
+                "ms_per_call_median": td * 1e3, "gbs_median": nbytes / td / 1e9,
+                "gbs_best": nbytes / (min(times["ours_decode"]) / nmat) / 1e9, "max_rel_err": err_decode,
+                "extra_bytes_per_matrix": decode_bytes}
+            log(f"[{key}] ours decode layout: {td * 1e3:.3f} ms/call = {nbytes / td / 1e9:.2f} GB/s")
         for path, info in bnb_info.items():
             ts = times[path]
             tc = median(ts) / info["matrices"]
@@ -629,7 +656,8 @@ class Bench:
 
         # the same kernel on one matrix that stays in cache: the latency floor, for context only
         m0 = mats[0]
-        del mats
+        d0 = dmats[0] if dmats else None
+        del mats, dmats
         gc.collect()
         quiesce()
         for _ in range(5):
@@ -642,14 +670,25 @@ class Bench:
         t_hot = median(hot)
         self.details["gemv"][key]["ms_per_call_cache_hot"] = t_hot * 1e3
         log(f"[{key}] ours cache-hot: {t_hot * 1e3:.3f} ms/call")
-        if "int16" in self.details["gemv"][key]:
+        def hot_ms(call):
+            for _ in range(5):
+                call()
             hot = []
             for _ in range(cfg.hot_calls):
                 t0 = time.perf_counter()
-                m0.matmul(x1, activations="int16")
+                call()
                 hot.append(time.perf_counter() - t0)
-            self.details["gemv"][key]["int16"]["ms_per_call_cache_hot"] = median(hot) * 1e3
-            log(f"[{key}] ours int16 cache-hot: {median(hot) * 1e3:.3f} ms/call")
+            return median(hot) * 1e3
+
+        if "int16" in self.details["gemv"][key]:
+            ms = hot_ms(lambda: m0.matmul(x1, activations="int16"))
+            self.details["gemv"][key]["int16"]["ms_per_call_cache_hot"] = ms
+            log(f"[{key}] ours int16 cache-hot: {ms:.3f} ms/call")
+        if d0 is not None:
+            ms = hot_ms(lambda: d0.matmul(x1))
+            self.details["gemv"][key]["decode_layout"]["ms_per_call_cache_hot"] = ms
+            log(f"[{key}] ours decode layout cache-hot: {ms:.3f} ms/call")
+            del d0
 
         if self.bnb is not None:
             try:
@@ -820,6 +859,21 @@ class Bench:
             if all(d.get("ms_per_call_cache_hot") for d in g16.values()):
                 res["gemv_int16_cache_hot_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in g16) / \
                     sum(d["ms_per_call_cache_hot"] * 1e-3 for d in g16.values()) / 1e9
+        # the opt-in decoding copy (NF4Tensor.prepare_decoding): same matrices, same passes, counted
+        # in the same bytes (t.nbytes) so that it compares with gemv_gbs; the copy's own size apart
+        gd = {k: d["decode_layout"] for k, d in g.items() if "decode_layout" in d}
+        if gd and len(gd) == len(g):
+            res["gemv_decode_layout_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in gd) / \
+                sum(d["ms_per_call_median"] * 1e-3 for d in gd.values()) / 1e9
+            res["gemv_decode_layout_max_rel_err"] = max(d["max_rel_err"] for d in gd.values())
+            res["gemv_decode_layout_extra_bits_per_weight"] = 8.0 * sum(
+                d["extra_bytes_per_matrix"] for d in gd.values()) / sum(
+                math.prod(int(v) for v in k.split("x")) for k in gd)
+            if res.get("read_bandwidth_gbs"):
+                res["gemv_decode_layout_vs_bandwidth"] = res["gemv_decode_layout_gbs"] / res["read_bandwidth_gbs"]
+            if all(d.get("ms_per_call_cache_hot") for d in gd.values()):
+                res["gemv_decode_layout_cache_hot_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in gd) / \
+                    sum(d["ms_per_call_cache_hot"] * 1e-3 for d in gd.values()) / 1e9
         if self.peak_runs:
             res["machine_peak_gflops"] = max(self.peak_runs.values())
             det["fma_peak_runs_gflops"] = dict(self.peak_runs)

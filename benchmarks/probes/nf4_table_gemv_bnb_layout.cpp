@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -32,15 +33,14 @@
 
 #include "base/buffer.h"
 #include "quant/nf4.h"
+#include "quant/nf4_decode_layout.h"
 #include "quant/nf4_matmul.h"
 
 namespace probe {
 using namespace ecomllm;
 using namespace ecomllm::quant;
 
-constexpr int64_t kTableRows = 64;            // rows of W per supergroup (4 vectors of 16 rows)
-constexpr int64_t kTableBytesPerOctet = 384;  // 3 digits x 2 nibbles x 64 bytes
-constexpr float kTableQMax = 8323072.0f;      // 2^23 - 2^16: the top digit stays within int8
+constexpr int64_t kTableRows = 64;  // rows of W per supergroup (4 vectors of 16 rows)
 
 namespace {
 
@@ -48,8 +48,6 @@ constexpr int64_t kRowsPerVector = 16;
 constexpr int64_t kVectorsPerSupergroup = kTableRows / kRowsPerVector;  // 4
 constexpr int64_t kOctetsPerStep = 16;                                  // one 64-byte load per row
 constexpr int64_t kOctetsPerSegment = 8;                                // 64 columns: one scale
-// Smallest non-zero segment max |x| the tables take: xmax / kQMax must stay a normal float.
-constexpr float kMinSegmentMax = 0x1p-100f;
 
 // Index vectors of the transpose's exchange stages (below), for d = 1, 2, 4, 8: lane c of
 // kKeepLow[d] picks row j's own dword c where bit d of c is clear, else row j + d's dword c - d;
@@ -96,38 +94,12 @@ inline void transpose16x16_dwords(__m512i v[16]) {
 
 }  // namespace
 
+// The x tables: the library's builder (quant/nf4_decode_layout.h), whose layout this walk shares;
+// false where x holds inf/NaN (not exercised here).
 bool nf4_build_product_tables(const float* code, const float* x, int64_t K, int8_t* tables, float* xscale) {
-  const __m512 codes = _mm512_loadu_ps(code);
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  for (int64_t s = 0; s < K / 64; ++s) {
-    const float* xs = x + 64 * s;
-    __m512 amax = _mm512_setzero_ps();
-    __mmask16 finite = 0xffff;
-    for (int i = 0; i < 4; ++i) {
-      const __m512 a = _mm512_and_ps(_mm512_loadu_ps(xs + 16 * i), abs_mask);
-      finite &= _mm512_cmp_ps_mask(a, _mm512_set1_ps(FLT_MAX), _CMP_LE_OQ);  // false for inf and NaN
-      amax = _mm512_max_ps(amax, a);
-    }
-    if (finite != 0xffff) return false;
-    const float xmax = _mm512_reduce_max_ps(amax);
-    if (xmax != 0.0f && xmax < kMinSegmentMax) return false;
-    xscale[s] = xmax / kTableQMax;
-    const float to_q = xmax == 0.0f ? 0.0f : static_cast<float>(static_cast<double>(kTableQMax) / xmax);
-    for (int64_t e = 0; e < 64; ++e) {
-      const int64_t k = 64 * s + e;
-      // |code * x * to_q| <= kQMax (+ rounding): q fits 24 bits and its top digit an int8.
-      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(codes, _mm512_set1_ps(xs[e] * to_q)));
-      const __m512i d0 = _mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24);  // signed low byte
-      const __m512i q1 = _mm512_srai_epi32(_mm512_sub_epi32(q, d0), 8);
-      const __m512i d1 = _mm512_srai_epi32(_mm512_slli_epi32(q1, 24), 24);
-      const __m512i d2 = _mm512_srai_epi32(_mm512_sub_epi32(q1, d1), 8);
-      const int64_t octet = k / 8, i = (k % 8) / 2, nibble = k % 2;
-      int8_t* at = tables + octet * kTableBytesPerOctet + nibble * 64 + i * 16;
-      _mm_store_si128(reinterpret_cast<__m128i*>(at), _mm512_cvtepi32_epi8(d0));
-      _mm_store_si128(reinterpret_cast<__m128i*>(at + 128), _mm512_cvtepi32_epi8(d1));
-      _mm_store_si128(reinterpret_cast<__m128i*>(at + 256), _mm512_cvtepi32_epi8(d2));
-    }
-  }
+  for (int64_t k = 0; k < K; ++k)
+    if (!std::isfinite(x[k])) return false;
+  ecomllm::quant::nf4_build_product_tables(code, x, K, 0, K / 64, tables, xscale);
   return true;
 }
 
@@ -322,7 +294,7 @@ Mat make(int64_t N, int64_t K, std::mt19937& g) {
 int main() {
   const int64_t K = 4096; std::mt19937 g(1);
   std::vector<float> x(K); for (auto& v: x) v = (g()%2001-1000)/1000.0f;
-  AlignedBuffer tables(K/8*probe::kTableBytesPerOctet); AlignedBuffer xs(sizeof(float)*K/64);
+  AlignedBuffer tables(K/8*kTableBytesPerOctet); AlignedBuffer xs(sizeof(float)*K/64);
   std::vector<float> xg(K); for (int64_t gg=0; gg<K; gg+=128) for (int e=0;e<128;e++) xg[gg+gemv_group_position(e)] = x[gg+e];
   auto run_table = [&](const NF4Matrix& W, float* y, int threads) {
     probe::nf4_build_product_tables(W.code, x.data(), K, tables.as<int8_t>(), xs.as<float>());

@@ -4,12 +4,14 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <memory>
 #include <optional>
 
 #include "base/buffer.h"
 #include "base/half.h"
 #include "bindings/numpy_views.h"
 #include "quant/nf4.h"
+#include "quant/nf4_decode_layout.h"
 #include "quant/nf4_gemv_q16.h"
 #include "quant/nf4_matmul.h"
 
@@ -102,10 +104,25 @@ class PyNF4Matrix {
     return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
       if (int16_activations)
         quant::nf4_gemv_q16(in, M, m_, bias_ptr, out);
-      else
+      else if (!(decode_ && M <= kDecodeMaxRows && quant::nf4_decode_matmul(*decode_, m_.code, in, M, bias_ptr, out)))
         quant::nf4_matmul(in, M, m_, bias_ptr, out);
     });
   }
+
+  // Builds the decode layout (quant/nf4_decode_layout.h) when this weight and CPU support it;
+  // returns whether matmul now uses it for up to kDecodeMaxRows rows of x. enabled=false drops it.
+  bool prepare_decoding(bool enabled) {
+    if (!enabled || !quant::nf4_decode_layout_supported(m_) || !quant::nf4_decode_kernel_available()) {
+      decode_.reset();
+      return false;
+    }
+    if (!decode_) {
+      py::gil_scoped_release release;
+      decode_ = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(m_));
+    }
+    return true;
+  }
+  int64_t decoding_nbytes() const { return decode_ ? decode_->nbytes() : 0; }
 
   // dy [..., N] float32 or bfloat16 -> dx [..., K] float32.
   py::array_t<float> matmul_t(const py::array& dy, bool bf16_bits) const {
@@ -135,6 +152,10 @@ class PyNF4Matrix {
   int64_t cols() const { return m_.cols; }
 
  private:
+  // Rows of x up to which matmul takes the decode layout (each row is one pass over the codes;
+  // from 4 rows on the tiled GEMM, which decodes W once per tile, is faster).
+  static constexpr int64_t kDecodeMaxRows = 3;
+  std::shared_ptr<quant::NF4DecodeLayout> decode_;  // the optional repacked copy for decoding
   static TensorView activation_view(const py::array& a, bool bf16_bits, int64_t last_dim, const char* what) {
     TensorView v;
     if (bf16_bits) {
@@ -262,6 +283,12 @@ void bind_quant(py::module_& m) {
            py::arg("int16_activations") = false,
            "y[..., N] = x[..., K] @ dequant(W)^T (+ bias). GIL released. int16_activations: the int16-activation "
            "GEMV (x rounded per 64 elements; ~1e-4 relative difference; for a few rows of x).")
+      .def("prepare_decoding", &PyNF4Matrix::prepare_decoding, py::arg("enabled") = true,
+           "Build (or with enabled=False drop) the repacked copy of the codes that the product-table M = 1 kernel "
+           "reads; returns whether matmul uses it (needs in_features and blocksize multiples of 64, and AVX-512 "
+           "VBMI + VNNI at the avx512 level).")
+      .def_property_readonly("decoding_nbytes", &PyNF4Matrix::decoding_nbytes,
+                             "Bytes held by the decode layout (0 when none).")
       .def_property_readonly("supports_int16_activations",
                              [](const PyNF4Matrix& self) { return quant::nf4_gemv_q16_supported(self.matrix()); })
       .def("matmul_t", &PyNF4Matrix::matmul_t, py::arg("dy"), py::arg("bf16_bits") = false,

@@ -208,6 +208,30 @@ class NF4Tensor:
         b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         return self._core.matmul(xa, b, bf16_bits=is_bf16, int16_activations=activations == "int16")
 
+    def prepare_decoding(self, enabled: bool = True) -> bool:
+        """Keep a second copy of the codes laid out for fast exact token-by-token decoding.
+
+        With it, :meth:`matmul` with up to 3 rows of x runs the product-table kernel: x becomes
+        tables of ``code[c] * x[k]`` (three byte digits per product, exact to ~1e-6 of the fp32
+        kernel), and each 64 bytes of codes cost 6 byte lookups and 6 integer dot products. On
+        Zen 4 it streams the weights at ~0.9 of the machine's read bandwidth, about twice the
+        default kernel (``benchmarks/README.md``). The copy costs ~4.5 bits per weight on top of
+        the ~4.13 of the weight itself; :attr:`decoding_nbytes` tells how many bytes it holds.
+
+        Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a CPU with
+        AVX-512 VBMI and VNNI (at the ``avx512`` level). Returns whether the copy is in use (False,
+        and nothing allocated, where those are missing); ``enabled=False`` drops it. Rows of x
+        holding inf/NaN, or a 64-element segment whose max |x| is below 2^-100 but not 0, take the
+        default kernel. State dicts and files are unaffected (bitsandbytes' layout).
+        """
+        self._require_2d()
+        return bool(self._core.prepare_decoding(bool(enabled)))
+
+    @property
+    def decoding_nbytes(self) -> int:
+        """Bytes held by the decoding copy of :meth:`prepare_decoding` (0 when there is none)."""
+        return int(self._core.decoding_nbytes)
+
     @property
     def supports_int16_activations(self) -> bool:
         """Whether :meth:`matmul` accepts ``activations="int16"`` for this weight."""

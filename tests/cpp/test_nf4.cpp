@@ -12,6 +12,7 @@
 #include "base/cpu_features.h"
 #include "quant/amx_tiles.h"
 #include "quant/nf4.h"
+#include "quant/nf4_decode_layout.h"
 #include "quant/nf4_gemv_q16.h"
 #include "quant/nf4_kernels_common.h"
 #include "quant/nf4_matmul.h"
@@ -290,6 +291,19 @@ INSTANTIATE_TEST_SUITE_P(
 // rounding (x to 1/16383 of each 64-chunk's max, codes to 2^-14) allows 5e-4 of max |y|; the
 // levels agree with each other to fp32 summation order (1e-5). Outliers in x stay bounded (each
 // chunk has its own scale), non-finite rows fall back to the exact kernel, unsupported shapes throw.
+// y[M, N] = x[M, K] @ wd[N, K]^T + bias in double.
+std::vector<double> reference_product(const std::vector<float>& x, const std::vector<double>& wd,
+                                      const std::vector<float>& bias, int64_t M, int64_t N, int64_t K) {
+  std::vector<double> y(M * N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = bias[n];
+      for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(x[m * K + k]) * wd[n * K + k];
+      y[m * N + n] = acc;
+    }
+  return y;
+}
+
 TEST(NF4GemvQ16, MatchesFp64ReferenceAtEveryLevel) {
   struct Case { int64_t M, N, K, bs; bool dq; };
   for (const Case c : {Case{1, 3, 64, 64, false}, Case{1, 33, 4096, 64, true}, Case{3, 17, 640, 128, true},
@@ -301,13 +315,7 @@ TEST(NF4GemvQ16, MatchesFp64ReferenceAtEveryLevel) {
     std::vector<float> x = random_normal(c.M * c.K, 31);
     x[c.K / 2] = 300.0f;  // an outlier: only its own chunk loses resolution
     const std::vector<float> bias = random_normal(c.N, 37);
-    std::vector<double> y_ref(c.M * c.N);
-    for (int64_t m = 0; m < c.M; ++m)
-      for (int64_t n = 0; n < c.N; ++n) {
-        double acc = bias[n];
-        for (int64_t k = 0; k < c.K; ++k) acc += static_cast<double>(x[m * c.K + k]) * wd[n * c.K + k];
-        y_ref[m * c.N + n] = acc;
-      }
+    const std::vector<double> y_ref = reference_product(x, wd, bias, c.M, c.N, c.K);
     std::vector<float> y_scalar;
     for (SimdLevel level : available_levels()) {
       set_simd_level(level);
@@ -334,6 +342,33 @@ TEST(NF4GemvQ16, NonFiniteRowsFallBackAndUnsupportedShapesThrow) {
   const Weight odd = make_weight(4, 96, 32, false, 47);  // K % 64 != 0 and blocksize 32
   EXPECT_FALSE(nf4_gemv_q16_supported(odd.m));
   EXPECT_THROW(nf4_gemv_q16(x.data(), 1, odd.m, nullptr, y.data()), ValueError);
+}
+
+// The decode layout's product-table kernel against the fp64 reference, where this CPU runs it;
+// elsewhere nf4_decode_matmul must refuse (return false) without writing.
+TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
+  struct Case { int64_t M, N, K, bs; bool dq; };
+  for (const Case c : {Case{1, 3, 64, 64, false}, Case{2, 65, 4096, 64, true}, Case{3, 130, 192, 128, true},
+                       Case{1, 64, 8192, 4096, true}}) {
+    const Weight w = make_weight(c.N, c.K, c.bs, c.dq, 53);
+    ASSERT_TRUE(nf4_decode_layout_supported(w.m));
+    const NF4DecodeLayout L = nf4_build_decode_layout(w.m);
+    EXPECT_EQ(L.supergroups, (c.N + 63) / 64);
+    const std::vector<double> wd = dense(w.m);
+    const std::vector<float> x = random_normal(c.M * c.K, 59), bias = random_normal(c.N, 61);
+    const std::vector<double> y_ref = reference_product(x, wd, bias, c.M, c.N, c.K);
+    std::vector<float> y(c.M * c.N, NAN);
+    const bool ran = nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data());
+    EXPECT_EQ(ran, nf4_decode_kernel_available());
+    if (ran) {
+      EXPECT_LE(rel_err(y, y_ref), 1e-5) << "N=" << c.N << " K=" << c.K;
+    } else {
+      for (float v : y) EXPECT_TRUE(std::isnan(v));  // nothing written
+    }
+  }
+  const Weight odd = make_weight(4, 96, 64, false, 67);  // K % 64 != 0
+  EXPECT_FALSE(nf4_decode_layout_supported(odd.m));
+  EXPECT_THROW(nf4_build_decode_layout(odd.m), ValueError);
 }
 
 // The dense-weight entry points share the NF4 drivers: fp32 tiles read in place (edge tiles copied

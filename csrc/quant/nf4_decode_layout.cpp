@@ -1,0 +1,100 @@
+// Building the decode layout (nf4_decode_layout.h) and the driver of its M = 1 kernel.
+#include "quant/nf4_decode_layout.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "base/error.h"
+#include "base/parallel.h"
+
+namespace ecomllm::quant {
+
+namespace {
+
+// The tables' preconditions on one row of x: finite, and every 64-element segment's max |x|
+// either 0 or >= 2^-100 (so that max|x| / kQMax stays a normal float).
+bool product_tables_usable(const float* x, int64_t K) {
+  for (int64_t s = 0; s < K; s += 64) {
+    float xmax = 0.0f;
+    for (int64_t e = s; e < s + 64; ++e) {
+      const float a = std::fabs(x[e]);
+      if (!(a <= std::numeric_limits<float>::max())) return false;  // inf or NaN
+      xmax = std::max(xmax, a);
+    }
+    if (xmax != 0.0f && xmax < kMinSegmentMax) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool nf4_decode_kernel_available() {
+  const CpuFeatures& f = cpu_features();
+  return simd_level() == SimdLevel::AVX512 && f.avx512_vbmi && f.avx512_vnni;
+}
+
+NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
+  W.validate();
+  ECOM_CHECK_ARG(nf4_decode_layout_supported(W), "NF4 decode layout: needs in_features and the blocksize to be ",
+                 "multiples of 64, got ", W.cols, " and ", W.blocksize);
+  NF4DecodeLayout L;
+  L.rows = W.rows;
+  L.cols = W.cols;
+  L.supergroups = (W.rows + kDecodeRows - 1) / kDecodeRows;
+  const int64_t K = W.cols, octets = K / 8, segments = K / 64, row_bytes = K / 2;
+  L.codes = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * octets * 256), true);
+  L.absmax_t = AlignedBuffer(sizeof(float) * static_cast<size_t>(L.supergroups * segments * kDecodeRows), true);
+  uint8_t* codes = L.codes.as<uint8_t>();
+  float* absmax_t = L.absmax_t.as<float>();
+  parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> row_scales(static_cast<size_t>(segments));
+    for (int64_t g = g0; g < g1; ++g) {
+      uint8_t* group_codes = codes + g * octets * 256;
+      float* group_scales = absmax_t + g * segments * kDecodeRows;
+      for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < W.rows; ++r) {
+        const int64_t row = g * kDecodeRows + r;
+        const uint8_t* src = W.packed + row * row_bytes;  // K % 8 == 0: rows start on a dword
+        for (int64_t o = 0; o < octets; ++o) std::memcpy(group_codes + o * 256 + (r / 16) * 64 + (r % 16) * 4, src + 4 * o, 4);
+        for (int64_t s = 0; s < segments; ++s) {
+          const int64_t b = (row * K + 64 * s) / W.blocksize;
+          W.block_scales(b, b + 1, &row_scales[static_cast<size_t>(s)]);
+        }
+        for (int64_t s = 0; s < segments; ++s) group_scales[s * kDecodeRows + r] = row_scales[static_cast<size_t>(s)];
+      }
+    }
+  });
+  return L;
+}
+
+bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
+                       float* y) {
+  if (!nf4_decode_kernel_available()) return false;
+  const int64_t K = L.cols, N = L.rows, segments = K / 64;
+  // Reused across calls on this thread (a fresh 48 x K-byte buffer per call would be an mmap whose
+  // page faults cost more than the tables). Workers get plain pointers: inside their lambda the
+  // thread_local names would be their own.
+  thread_local AlignedBuffer table_buffer, xscale_buffer;
+  const size_t table_bytes = static_cast<size_t>(K / 8 * kTableBytesPerOctet);
+  if (table_buffer.size() < table_bytes) table_buffer = AlignedBuffer(table_bytes);
+  if (xscale_buffer.size() < sizeof(float) * static_cast<size_t>(segments))
+    xscale_buffer = AlignedBuffer(sizeof(float) * static_cast<size_t>(segments));
+  int8_t* tables = table_buffer.as<int8_t>();
+  float* xscale = xscale_buffer.as<float>();
+  // Every row is checked before anything is written, so that a refusal computes nothing.
+  for (int64_t m = 0; m < M; ++m)
+    if (!product_tables_usable(x + m * K, K)) return false;
+  for (int64_t m = 0; m < M; ++m) {
+    parallel_for(0, segments, 8, [&](int64_t s0, int64_t s1) {
+      nf4_build_product_tables(code, x + m * K, K, s0, s1, tables, xscale);
+    });
+    parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
+      nf4_decode_rows(L, tables, xscale, bias, g0, g1, y + m * N);
+    });
+  }
+  return true;
+}
+
+}  // namespace ecomllm::quant

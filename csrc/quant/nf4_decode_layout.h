@@ -1,0 +1,64 @@
+// An optional second copy of an NF4 matrix's codes, laid out for the product-table M = 1 kernel:
+// exact (~3e-7 of fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed
+// on AVX-512 CPUs with VBMI and VNNI, for +4.5 bits per weight of memory.
+//
+// Why a copy: the table kernel looks products up 64 bytes at a time with one table for all of
+// them, so a 64-byte load must hold the same 8 columns (an "octet") of 16 rows; bitsandbytes'
+// row-major layout holds 128 columns of one row. Transposing on the fly costs as much as the
+// lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp); streaming the repacked copy reaches
+// ~0.9 of the machine's read bandwidth on Zen 4 (benchmarks/README.md has the figures).
+//
+// Layout, for rows in "supergroups" of 64 (the last one zero-padded):
+//   codes    [supergroup][octet K/8][4][64 bytes]: byte 4 j + i of chunk r is byte 4 o + i of row
+//            64 g + 16 r + j in bitsandbytes' layout (its high nibble is column 8 o + 2 i, the low
+//            nibble column 8 o + 2 i + 1);
+//   absmax_t [supergroup][segment K/64][64] fp32: the scale of the block holding the segment's 64
+//            columns of each row, double quantization undone as dequantize() does (0 for padding).
+// The x side: per call, for every column k and code c, q = round(code[c] * x[k] * kQMax / xmax),
+// xmax = max |x| over k's segment, as three signed-byte digits in 64-byte vpermb tables (see
+// nf4_build_product_tables); digit sums are combined exactly in int32 every 64 columns.
+#pragma once
+
+#include <cstdint>
+
+#include "base/buffer.h"
+#include "quant/nf4_matmul.h"
+
+namespace ecomllm::quant {
+
+constexpr int64_t kDecodeRows = 64;             // rows per supergroup
+constexpr int64_t kTableBytesPerOctet = 384;    // 3 digits x 2 nibbles x 64 bytes
+constexpr float kTableQMax = 8323072.0f;        // 2^23 - 2^16: the top digit stays within int8
+constexpr float kMinSegmentMax = 0x1p-100f;      // smallest non-zero segment max |x| the tables take
+
+struct NF4DecodeLayout {
+  int64_t rows = 0, cols = 0, supergroups = 0;
+  AlignedBuffer codes;     // supergroups * cols / 8 * 256 bytes
+  AlignedBuffer absmax_t;  // supergroups * cols / 64 * 64 floats
+  int64_t nbytes() const { return static_cast<int64_t>(codes.size() + absmax_t.size()); }
+};
+
+// cols % 64 == 0 and blocksize % 64 == 0 (a 64-column segment of a row lies in one block).
+inline bool nf4_decode_layout_supported(const NF4Matrix& W) { return W.cols % 64 == 0 && W.blocksize % 64 == 0; }
+// Whether this CPU runs the kernel: AVX-512 level active, VBMI and VNNI present.
+bool nf4_decode_kernel_available();
+
+// The repacked copy of W (multi-threaded). ValueError unless nf4_decode_layout_supported(W).
+NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W);
+
+// y[M, N] = x[M, K] @ dequant(W)^T (+ bias) from the copy, for the few rows of x of token-by-token
+// decoding (each row is one pass over the codes). Returns false, computing nothing, when the
+// kernel is unavailable here or a row of x holds inf/NaN or a segment so small (0 < max|x| <
+// 2^-100) that its scale would be a denormal: the caller then uses nf4_matmul.
+bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
+                       float* y);
+
+// Kernel pieces (nf4_decode_layout_avx512vbmi.cpp). tables [K / 8 * kTableBytesPerOctet] and
+// xscale [K / 64] for segments [s0, s1) of x; x must meet the preconditions above.
+void nf4_build_product_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
+                              float* xscale);
+// y[64 g ..] for supergroups [g0, g1) (rows past L.rows are not written).
+void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
+                     int64_t g0, int64_t g1, float* y);
+
+}  // namespace ecomllm::quant

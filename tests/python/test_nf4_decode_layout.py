@@ -1,0 +1,159 @@
+"""The opt-in decoding copy of an NF4 weight (NF4Tensor.prepare_decoding) and its product-table kernel.
+
+Reference: float64 numpy products with W_deq = dequantize(), and the default fp32 kernel.
+Tolerance: relative error max|ours - ref| / max|ref| <= 1e-5, as for every other NF4 kernel (the
+table kernel's products carry 24-bit digits: ~3e-7 measured). Where this CPU lacks AVX-512 VBMI or
+VNNI, prepare_decoding must return False and change nothing; the kernel tests then skip.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from _nf4_ref import rel_err
+from ecomllm import _core
+from ecomllm.quant import NF4Tensor
+
+TOL = 1e-5
+FEATURES = _core.cpu_features()
+KERNEL_HERE = (FEATURES["best_level"] == "avx512" and FEATURES["avx512_vbmi"] and FEATURES["avx512_vnni"]
+               and _core.simd_level() == "avx512")
+needs_kernel = pytest.mark.skipif(not KERNEL_HERE, reason="this CPU (or the active SIMD level) lacks AVX-512 VBMI/VNNI: "
+                                  "prepare_decoding returns False here (checked in test_unavailable_changes_nothing)")
+
+
+def _weight(n, k, blocksize=64, double_quant=True, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32) * rng.uniform(0.1, 3.0, size=(n, 1)).astype(np.float32)
+    return NF4Tensor.quantize(w, blocksize=blocksize, double_quant=double_quant)
+
+
+def _expected_nbytes(n, k):
+    groups = -(-n // 64)
+    return groups * (k // 8) * 256 + groups * (k // 64) * 64 * 4
+
+
+CASES = [  # (M, N, K, blocksize, double_quant)
+    (1, 1, 64, 64, True), (1, 3, 128, 64, True), (2, 17, 192, 64, True), (3, 63, 256, 64, False),
+    (1, 64, 64, 64, True), (1, 65, 4096, 64, True), (3, 65, 4096, 64, False), (1, 1000, 512, 128, True),
+    (2, 129, 1024, 256, True), (1, 200, 4096, 4096, True), (3, 4097, 64, 64, True), (1, 128, 11008, 64, True),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,n,k,bs,dq", CASES)
+def test_matches_reference_and_default_kernel(m, n, k, bs, dq):
+    t = _weight(n, k, bs, dq, seed=n + k)
+    rng = np.random.default_rng(m * 7 + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T + bias
+    default = t.matmul(x, bias=bias)
+    assert t.decoding_nbytes == 0
+    assert t.prepare_decoding() is True
+    assert t.decoding_nbytes == _expected_nbytes(n, k)
+    y = t.matmul(x, bias=bias)
+    assert y.shape == (m, n) and y.dtype == np.float32
+    assert rel_err(y, ref) <= TOL
+    assert rel_err(y, default) <= TOL
+    assert not np.array_equal(y, default) or n * k < 256  # the table kernel ran (its rounding differs)
+    # dropping the copy returns to the default kernel exactly
+    assert t.prepare_decoding(False) is False and t.decoding_nbytes == 0
+    np.testing.assert_array_equal(t.matmul(x, bias=bias), default)
+
+
+@needs_kernel
+def test_bf16_input_batched_shapes_and_many_rows():
+    t = _weight(70, 320, seed=3)
+    t.prepare_decoding()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 1, 320)).astype(np.float32)
+    xb = x.astype(ml_dtypes.bfloat16)
+    ref = xb.astype(np.float64).reshape(2, 320) @ t.dequantize().astype(np.float64).T
+    y = t.matmul(xb)
+    assert y.shape == (2, 1, 70)
+    assert rel_err(y.reshape(2, 70), ref) <= TOL
+    # more than 3 rows of x take the tiled GEMM, still exact
+    x8 = rng.standard_normal((8, 320)).astype(np.float32)
+    assert rel_err(t.matmul(x8), x8.astype(np.float64) @ t.dequantize().astype(np.float64).T) <= TOL
+
+
+@needs_kernel
+def test_inputs_the_tables_refuse_fall_back_to_the_default_kernel():
+    t = _weight(65, 256, seed=5)
+    rng = np.random.default_rng(2)
+    cases = []
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    x[1, 7] = np.inf
+    cases.append(x)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    x[0, 100] = np.nan
+    cases.append(x)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    x[0, 64:128] = 1e-35  # a segment whose max |x| is below 2^-100 but not 0
+    cases.append(x)
+    defaults = [t.matmul(x) for x in cases]
+    t.prepare_decoding()
+    for x, d in zip(cases, defaults):
+        np.testing.assert_array_equal(t.matmul(x), d)  # the default kernel's result, NaN and inf alike
+    # an all-zero segment is fine for the tables: exact, not a fallback
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    x[0, :64] = 0.0
+    assert rel_err(t.matmul(x), x.astype(np.float64) @ t.dequantize().astype(np.float64).T) <= TOL
+
+
+@needs_kernel
+def test_huge_and_tiny_activations_stay_exact():
+    t = _weight(64, 256, seed=9)
+    t.prepare_decoding()
+    rng = np.random.default_rng(4)
+    for scale in (1e-30, 1e-3, 1e3, 1e30):
+        x = (rng.standard_normal((1, 256)) * scale).astype(np.float32)
+        x[0, 5] *= 1e4 if scale < 1e30 else 1.0  # one dominant element per row
+        ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T
+        assert rel_err(t.matmul(x), ref) <= TOL, scale
+
+
+@needs_kernel
+def test_state_dict_and_level_switch_are_unaffected():
+    t = _weight(65, 128, seed=11)
+    before = {k: v.copy() for k, v in t.state_dict().items()}
+    x = np.random.default_rng(3).standard_normal((1, 128)).astype(np.float32)
+    default = t.matmul(x)
+    t.prepare_decoding()
+    after = t.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    original = _core.simd_level()
+    try:
+        _core.set_simd_level("avx2")  # the copy stays, the kernel is not used below avx512
+        np.testing.assert_array_equal(t.matmul(x), _weight(65, 128, seed=11).matmul(x))
+    finally:
+        _core.set_simd_level(original)
+    assert rel_err(t.matmul(x), default) <= TOL
+
+
+def test_unsupported_weights_and_unavailable_cpus_change_nothing():
+    for t in (_weight(5, 96), _weight(5, 128, blocksize=32), _weight(5, 100)):  # K % 64, blocksize % 64
+        x = np.ones((1, t.shape[1]), np.float32)
+        y = t.matmul(x)
+        assert t.prepare_decoding() is False and t.decoding_nbytes == 0
+        np.testing.assert_array_equal(t.matmul(x), y)
+    one_d = NF4Tensor.quantize(np.ones(128, np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        one_d.prepare_decoding()
+
+
+def test_unavailable_changes_nothing():
+    original = _core.simd_level()
+    try:
+        _core.set_simd_level("scalar")
+        t = _weight(64, 128)
+        assert t.prepare_decoding() is False and t.decoding_nbytes == 0
+    finally:
+        _core.set_simd_level(original)
+    t = _weight(64, 128)
+    assert t.prepare_decoding() is KERNEL_HERE
