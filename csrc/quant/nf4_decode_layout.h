@@ -8,12 +8,14 @@
 // lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp); streaming the repacked copy reaches
 // ~0.9 of the machine's read bandwidth on Zen 4 (benchmarks/README.md has the figures).
 //
-// Layout, for rows in "supergroups" of 64 (the last one zero-padded):
-//   codes    [supergroup][octet K/8][4][64 bytes]: byte 4 j + i of chunk r is byte 4 o + i of row
-//            64 g + 16 r + j in bitsandbytes' layout (its high nibble is column 8 o + 2 i, the low
-//            nibble column 8 o + 2 i + 1);
-//   absmax_t [supergroup][segment K/64][64] fp32: the scale of the block holding the segment's 64
-//            columns of each row, double quantization undone as dequantize() does (0 for padding).
+// Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous stream per
+// supergroup and 64-column segment (kSegmentBytes, so that one prefetch stream covers codes and
+// scales; two separate streams measured ~7% slower):
+//   [supergroup g][segment s] 8 octets x 4 chunks x 64 bytes of codes: byte 4 j + i of chunk r of
+//            octet o is byte 4 (8 s + o) + i of row 64 g + 16 r + j in bitsandbytes' layout (its
+//            high nibble is column 8 (8 s + o) + 2 i, the low nibble the next column);
+//            then 64 fp32 scales: row 64 g + r's block scale for the segment, double
+//            quantization undone as dequantize() does (0 for padding rows).
 // The x side: per call, for every column k and code c, q = round(code[c] * x[k] * kQMax / xmax),
 // xmax = max |x| over k's segment, as three signed-byte digits in 64-byte vpermb tables (see
 // nf4_build_product_tables); digit sums are combined exactly in int32 every 64 columns.
@@ -27,15 +29,16 @@
 namespace ecomllm::quant {
 
 constexpr int64_t kDecodeRows = 64;             // rows per supergroup
+constexpr int64_t kSegmentCodeBytes = 8 * 4 * 64;  // 8 octets x 4 chunks of 16 rows
+constexpr int64_t kSegmentBytes = kSegmentCodeBytes + kDecodeRows * 4;  // + 64 fp32 scales
 constexpr int64_t kTableBytesPerOctet = 384;    // 3 digits x 2 nibbles x 64 bytes
 constexpr float kTableQMax = 8323072.0f;        // 2^23 - 2^16: the top digit stays within int8
 constexpr float kMinSegmentMax = 0x1p-100f;      // smallest non-zero segment max |x| the tables take
 
 struct NF4DecodeLayout {
   int64_t rows = 0, cols = 0, supergroups = 0;
-  AlignedBuffer codes;     // supergroups * cols / 8 * 256 bytes
-  AlignedBuffer absmax_t;  // supergroups * cols / 64 * 64 floats
-  int64_t nbytes() const { return static_cast<int64_t>(codes.size() + absmax_t.size()); }
+  AlignedBuffer data;  // supergroups * cols / 64 * kSegmentBytes
+  int64_t nbytes() const { return static_cast<int64_t>(data.size()); }
 };
 
 // cols % 64 == 0 and blocksize % 64 == 0 (a 64-column segment of a row lies in one block).

@@ -22,8 +22,9 @@ namespace {
 
 constexpr int64_t kChunksPerOctet = kDecodeRows / 16;  // 4
 constexpr int64_t kOctetsPerSegment = 8;               // 64 columns: one block scale
-// Software prefetch distance in the code stream (to L2), one line per chunk. Measured on Zen 4
-// streaming 1 GiB of 4096 x 4096 weights with 2 threads (benchmarks/probes/nf4_lut_gemv.cpp).
+// Software prefetch distance in the stream (T1: to L2 and up), one line per line read. Measured on
+// Zen 4 streaming 1 GiB of 4096 x 4096 weights with 2 threads: 16-32 KiB best, 8 KiB -15%; T1
+// slightly ahead of T2; T0 a few KiB ahead -30% (one core keeps few L1 misses in flight).
 constexpr int64_t kPrefetchBytes = 16384;
 
 }  // namespace
@@ -32,6 +33,17 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
                               float* xscale) {
   const __m512 codes = _mm512_loadu_ps(code);
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  // Signed digits q = d0 + 2^8 d1 + 2^16 d2 (d0, d1 in [-128, 127]) are the bytes of u = q + 0x8080
+  // with the top bits of bytes 0 and 1 flipped. Byte p of the 4 x 16 values u[i][c] -> entry
+  // 16 i + c of a table: two two-source byte permutes (columns i = 0, 1 and i = 2, 3) and a blend.
+  alignas(64) static const auto kPlaneIndex = [] {
+    struct { uint8_t idx[3][64]; } t{};
+    for (int p = 0; p < 3; ++p)
+      for (int j = 0; j < 64; ++j) t.idx[p][j] = static_cast<uint8_t>(((j / 16) % 2) * 64 + 4 * (j % 16) + p);
+    return t;
+  }();
+  const __m512i bias = _mm512_set1_epi32(0x8080);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t s = s0; s < s1 && s < K / 64; ++s) {
     const float* xs = x + 64 * s;
     __m512 amax = _mm512_setzero_ps();
@@ -39,45 +51,52 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
     const float xmax = _mm512_reduce_max_ps(amax);
     xscale[s] = xmax / kTableQMax;
     const float to_q = xmax == 0.0f ? 0.0f : static_cast<float>(static_cast<double>(kTableQMax) / xmax);
-    for (int64_t e = 0; e < 64; ++e) {
-      const int64_t k = 64 * s + e;
-      // |code * x * to_q| <= kQMax (+ rounding): q fits 24 bits and its top digit an int8.
-      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(codes, _mm512_set1_ps(xs[e] * to_q)));
-      const __m512i d0 = _mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24);  // signed low byte
-      const __m512i q1 = _mm512_srai_epi32(_mm512_sub_epi32(q, d0), 8);
-      const __m512i d1 = _mm512_srai_epi32(_mm512_slli_epi32(q1, 24), 24);
-      const __m512i d2 = _mm512_srai_epi32(_mm512_sub_epi32(q1, d1), 8);
-      const int64_t octet = k / 8, i = (k % 8) / 2, nibble = k % 2;
-      int8_t* at = tables + octet * kTableBytesPerOctet + nibble * 64 + i * 16;
-      _mm_store_si128(reinterpret_cast<__m128i*>(at), _mm512_cvtepi32_epi8(d0));
-      _mm_store_si128(reinterpret_cast<__m128i*>(at + 128), _mm512_cvtepi32_epi8(d1));
-      _mm_store_si128(reinterpret_cast<__m128i*>(at + 256), _mm512_cvtepi32_epi8(d2));
-    }
+    for (int64_t oo = 0; oo < 8; ++oo)
+      for (int64_t nibble = 0; nibble < 2; ++nibble) {  // 0: even columns (high nibbles), 1: odd
+        __m512i u[4];
+        for (int64_t i = 0; i < 4; ++i) {
+          // |code * x * to_q| <= kQMax (+ rounding): q fits 24 bits and its top digit an int8.
+          const float xq = xs[8 * oo + 2 * i + nibble] * to_q;
+          u[i] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(codes, _mm512_set1_ps(xq))), bias);
+        }
+        int8_t* at = tables + (8 * s + oo) * kTableBytesPerOctet + nibble * 64;
+        for (int p = 0; p < 3; ++p) {
+          const __m512i idx = _mm512_load_si512(kPlaneIndex.idx[p]);
+          __m512i plane = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_permutex2var_epi8(u[0], idx, u[1]),
+                                                 _mm512_permutex2var_epi8(u[2], idx, u[3]));
+          if (p < 2) plane = _mm512_xor_si512(plane, flip);
+          _mm512_store_si512(at + p * 128, plane);
+        }
+      }
   }
 }
 
 void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
                      int64_t g0, int64_t g1, float* y) {
-  const int64_t K = L.cols, octets = K / 8, segments = K / 64;
+  const int64_t K = L.cols, segments = K / 64;
   const __m512i ones = _mm512_set1_epi8(1);
   const __m512i low_nibble = _mm512_set1_epi8(0x0f);
   const __m512i byte_in_dword = _mm512_set1_epi32(0x30201000);  // (byte index i) << 4
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* group = L.codes.as<uint8_t>() + g * octets * 256;
-    const float* absmax = L.absmax_t.as<float>() + g * segments * kDecodeRows;
+    const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
     __m512 total[kChunksPerOctet];
     for (auto& t : total) t = _mm512_setzero_ps();
     for (int64_t s = 0; s < segments; ++s) {
+      const uint8_t* segment = group + s * kSegmentBytes;
       __m512i acc[kChunksPerOctet][3];
       for (auto& a : acc) a[0] = a[1] = a[2] = _mm512_setzero_si512();
-      for (int64_t o = s * kOctetsPerSegment; o < (s + 1) * kOctetsPerSegment; ++o) {
-        const int8_t* t = tables + o * kTableBytesPerOctet;
+      for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
+        const int8_t* t = tables + (s * kOctetsPerSegment + oo) * kTableBytesPerOctet;
         __m512i tab[3][2];
         for (int d = 0; d < 3; ++d)
           for (int h = 0; h < 2; ++h) tab[d][h] = _mm512_load_si512(t + d * 128 + h * 64);
-        const uint8_t* chunk = group + o * 256;
+        const uint8_t* chunk = segment + oo * 256;
+        // One line ahead per line read; the last octet also covers the segment's scale lines.
         for (int l = 0; l < kChunksPerOctet; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * l, _MM_HINT_T2);
+          _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
+        if (oo == kOctetsPerSegment - 1)
+          for (int l = 0; l < kChunksPerOctet; ++l)
+            _mm_prefetch(reinterpret_cast<const char*>(chunk) + 256 + kPrefetchBytes + 64 * l, _MM_HINT_T1);
 #pragma GCC unroll 4
         for (int64_t r = 0; r < kChunksPerOctet; ++r) {
           const __m512i c = _mm512_load_si512(chunk + r * 64);
@@ -90,13 +109,13 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
           }
         }
       }
+      const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
       const __m512 xs = _mm512_set1_ps(xscale[s]);
       for (int64_t r = 0; r < kChunksPerOctet; ++r) {
         // Digit sums of 64 columns: |sum q| <= 64 x 2^23, exact in int32.
         const __m512i q = _mm512_add_epi32(
             _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), _mm512_slli_epi32(acc[r][1], 8)), acc[r][0]);
-        total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q),
-                                   _mm512_mul_ps(_mm512_load_ps(absmax + s * kDecodeRows + r * 16), xs), total[r]);
+        total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(_mm512_load_ps(absmax + r * 16), xs), total[r]);
       }
     }
     for (int64_t r = 0; r < kChunksPerOctet; ++r) {
