@@ -168,6 +168,14 @@ void bind_model(py::module_& m) {
       .def("unmerge_adapter", &LlamaModel::unmerge_adapter)
       .def("zero_grad", &LlamaModel::zero_grad)
       .def("num_parameters", &LlamaModel::num_parameters, py::arg("trainable_only") = false)
+      .def(
+          "prepare_decoding",
+          [](LlamaModel& self, bool enabled) {
+            py::gil_scoped_release nogil;
+            return self.prepare_decoding(enabled);
+          },
+          py::arg("enabled") = true)
+      .def("decoding_nbytes", &LlamaModel::decoding_nbytes)
       .def("trainable_parameters",
            [](py::object self_obj) {
              auto& self = self_obj.cast<LlamaModel&>();

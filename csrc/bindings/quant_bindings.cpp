@@ -104,13 +104,13 @@ class PyNF4Matrix {
     return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
       if (int16_activations)
         quant::nf4_gemv_q16(in, M, m_, bias_ptr, out);
-      else if (!(decode_ && M <= kDecodeMaxRows && quant::nf4_decode_matmul(*decode_, m_.code, in, M, bias_ptr, out)))
-        quant::nf4_matmul(in, M, m_, bias_ptr, out);
+      else
+        quant::nf4_matmul(in, M, m_, bias_ptr, out, nullptr, decode_.get());
     });
   }
 
   // Builds the decode layout (quant/nf4_decode_layout.h) when this weight and CPU support it;
-  // returns whether matmul now uses it for up to kDecodeMaxRows rows of x. enabled=false drops it.
+  // returns whether matmul now uses it for up to 3 rows of x. enabled=false drops it.
   bool prepare_decoding(bool enabled) {
     if (!enabled || !quant::nf4_decode_layout_supported(m_) || !quant::nf4_decode_kernel_available()) {
       decode_.reset();
@@ -152,9 +152,6 @@ class PyNF4Matrix {
   int64_t cols() const { return m_.cols; }
 
  private:
-  // Rows of x up to which matmul takes the decode layout (each row is one pass over the codes;
-  // from 4 rows on the tiled GEMM, which decodes W once per tile, is faster).
-  static constexpr int64_t kDecodeMaxRows = 3;
   std::shared_ptr<quant::NF4DecodeLayout> decode_;  // the optional repacked copy for decoding
   static TensorView activation_view(const py::array& a, bool bf16_bits, int64_t last_dim, const char* what) {
     TensorView v;

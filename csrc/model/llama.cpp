@@ -288,6 +288,20 @@ void LlamaModel::for_each_linear(Fn&& fn) {
   if (lm_head_) fn(std::string("lm_head"), *lm_head_);
 }
 
+int64_t LlamaModel::prepare_decoding(bool enabled) {
+  int64_t count = 0;
+  for_each_linear([&](const std::string& name, nn::Linear& lin) {
+    if (name != "model.embed_tokens") count += lin.prepare_decoding(enabled) ? 1 : 0;  // a lookup table
+  });
+  return count;
+}
+
+int64_t LlamaModel::decoding_nbytes() {
+  int64_t n = 0;
+  for_each_linear([&](const std::string&, nn::Linear& lin) { n += lin.decoding_nbytes(); });
+  return n;
+}
+
 // ---- adapters ----------------------------------------------------------------------------------
 
 int64_t LlamaModel::add_adapter(const std::string& name, const AdapterConfig& cfg) {

@@ -126,6 +126,11 @@ class LlamaModel {
   nn::ParamList trainable_parameters();
   void zero_grad();
   int64_t num_parameters(bool trainable_only) const;
+  // Builds (enabled) or drops the decode layout of every NF4 projection and lm_head
+  // (nn::Linear::prepare_decoding): exact, faster token-by-token decoding for ~4.5 more bits per
+  // NF4 weight. Returns how many linears have one afterwards (0 on CPUs without VBMI/VNNI).
+  int64_t prepare_decoding(bool enabled);
+  int64_t decoding_nbytes();
 
   // ---- compute ---------------------------------------------------------------------------
   // logits [B, T, V].

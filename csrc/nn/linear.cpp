@@ -10,6 +10,7 @@
 #include "base/parallel.h"
 #include "nn/dropout.h"
 #include "nn/lora_kernels.h"
+#include "quant/nf4_decode_layout.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::nn {
@@ -132,6 +133,7 @@ void Linear::set_weight_f32(const float* w, bool trainable) {
   dw_ = trainable ? std::make_shared<AlignedBuffer>(sizeof(float) * static_cast<size_t>(out_ * in_), true) : nullptr;
   w_bf16_ = AlignedBuffer();
   nf4_.reset();
+  nf4_decode_.reset();
   format_ = WeightFormat::F32;
   trainable_ = trainable;
   has_weight_ = true;
@@ -146,6 +148,7 @@ void Linear::set_weight_bf16(const uint16_t* w) {
   w_f32_.reset();
   dw_.reset();
   nf4_.reset();
+  nf4_decode_.reset();
   format_ = WeightFormat::BF16;
   trainable_ = false;
   has_weight_ = true;
@@ -156,6 +159,7 @@ void Linear::set_weight_nf4(quant::NF4Weight w) {
   ECOM_CHECK_ARG(w.rows() == out_ && w.cols() == in_, "Linear: NF4 weight has shape (", w.rows(), ", ", w.cols(),
                  "), expected (", out_, ", ", in_, ")");
   nf4_ = std::move(w);
+  nf4_decode_.reset();
   w_f32_.reset();
   dw_.reset();
   w_bf16_ = AlignedBuffer();
@@ -171,6 +175,18 @@ const uint16_t* Linear::weight_bf16() const {
 const quant::NF4Weight* Linear::weight_nf4() const {
   return format_ == WeightFormat::NF4 && nf4_ ? &*nf4_ : nullptr;
 }
+
+bool Linear::prepare_decoding(bool enabled) {
+  const quant::NF4Weight* w = weight_nf4();
+  if (!enabled || !w || !quant::nf4_decode_layout_supported(w->view()) || !quant::nf4_decode_kernel_available()) {
+    nf4_decode_.reset();
+    return false;
+  }
+  if (!nf4_decode_) nf4_decode_ = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(w->view()));
+  return true;
+}
+
+int64_t Linear::decoding_nbytes() const { return nf4_decode_ ? nf4_decode_->nbytes() : 0; }
 
 void Linear::require_weight() const {
   ECOM_CHECK_ARG(has_weight_, "Linear(", in_, " -> ", out_, "): the weight has not been set");
@@ -201,7 +217,7 @@ int64_t Linear::weight_nbytes() const {
   if (w_f32_) n += static_cast<int64_t>(w_f32_->size());
   n += static_cast<int64_t>(w_bf16_.size());
   if (nf4_) n += nf4_->nbytes();
-  return n;
+  return n + decoding_nbytes();
 }
 
 // y[N, out] = x[N, in] W^T (+ extra).
@@ -235,7 +251,7 @@ bool Linear::base_forward(float* y, const float* x, int64_t N, const quant::LowR
       break;
     }
     case WeightFormat::NF4:
-      quant::nf4_matmul(x, N, nf4_->view(), nullptr, y, extra);
+      quant::nf4_matmul(x, N, nf4_->view(), nullptr, y, extra, nf4_decode_.get());
       return true;
   }
   return false;

@@ -73,6 +73,12 @@ class Linear {
   float* weight_grad() { return trainable_ && dw_ ? dw_->as<float>() : nullptr; }
   const uint16_t* weight_bf16() const;
   const quant::NF4Weight* weight_nf4() const;
+  // The NF4 weight's decode layout (quant/nf4_decode_layout.h): forward passes of up to 3 rows
+  // (token-by-token decoding) then run its product-table kernel. Returns whether the layer has
+  // one after the call: false for other formats, unsupported shapes or CPUs, or enabled = false
+  // (which drops it). Replacing the weight drops it too.
+  bool prepare_decoding(bool enabled);
+  int64_t decoding_nbytes() const;
   void dequantize_weight(float* out) const;  // [out, in] fp32 of whatever the layer computes with
   int64_t weight_nbytes() const;             // storage of the weight(s) held, grads excluded
 
@@ -140,6 +146,7 @@ class Linear {
   std::shared_ptr<AlignedBuffer> w_f32_, dw_;
   AlignedBuffer w_bf16_;                  // [out, in] bf16 bits
   std::optional<quant::NF4Weight> nf4_;
+  std::shared_ptr<quant::NF4DecodeLayout> nf4_decode_;  // optional, built from nf4_
   std::map<std::string, std::shared_ptr<LoraAdapter>> adapters_;
   std::string active_;
   bool merged_ = false;

@@ -13,6 +13,7 @@
 #include "base/error.h"
 #include "base/parallel.h"
 #include "quant/amx_tiles.h"
+#include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::quant {
 namespace {
@@ -495,11 +496,18 @@ const NF4Kernels& nf4_kernels() {
 }
 
 void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
-                const LowRankOutput* extra) {
+                const LowRankOutput* extra, const NF4DecodeLayout* decode) {
   W.validate();
   ECOM_CHECK_ARG(M > 0, "nf4 matmul: x has no rows");
+  if (decode) ECOM_CHECK_ARG(decode->rows == W.rows && decode->cols == W.cols, "nf4 matmul: decode layout is of ",
+                             "another shape");
   const NF4Kernels& kern = nf4_kernels();
-  if (M <= kGemvMaxRows && W.rows_group_aligned()) {
+  if (M <= kGemvMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
+    if (extra) {
+      check_low_rank(*extra);
+      add_low_rank_rows(*extra, M, W.rows, y);
+    }
+  } else if (M <= kGemvMaxRows && W.rows_group_aligned()) {
     gemv(kern, x, M, W, bias, y);
     if (extra) {
       check_low_rank(*extra);

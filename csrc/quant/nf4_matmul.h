@@ -101,10 +101,13 @@ struct LowRankOutput {
   float scale = 1.0f;
 };
 
+struct NF4DecodeLayout;  // quant/nf4_decode_layout.h
+
 // y[M, N] = x[M, K] @ dequant(W)^T + bias (+ extra's term; bias and extra may be null). x, y fp32
-// row-major.
+// row-major. `decode`, W's decode layout if it has one, takes the few rows of token-by-token
+// decoding where its kernel runs (nf4_decode_matmul); it must have been built from W.
 void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
-                const LowRankOutput* extra = nullptr);
+                const LowRankOutput* extra = nullptr, const NF4DecodeLayout* decode = nullptr);
 // A low-rank term the backward products can add in the same pass over dx: dx += g A with
 // g[M, r] and A[r, K] fp32 row-major (LoRA's input gradient), instead of a separate GEMM that
 // reads and writes all of dx again.

@@ -157,3 +157,42 @@ def test_unavailable_changes_nothing():
         _core.set_simd_level(original)
     t = _weight(64, 128)
     assert t.prepare_decoding() is KERNEL_HERE
+
+
+@needs_kernel
+def test_model_decoding_copy_gives_the_same_logits(tmp_path):
+    """An NF4 model with prepare_decoding: token-by-token forwards (1-3 tokens: the decode kernel,
+    with and without a LoRA adapter's extra term) and a 4-token one (the GEMM) match the model
+    without the copy."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ecomllm import LoraConfig, Model
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    transformers.LlamaForCausalLM(cfg).float().save_pretrained(tmp_path / "base")
+    model = Model.from_pretrained(tmp_path / "base", quantize="nf4", blocksize=64)
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 61, size=(1, t)) for t in (1, 2, 3, 4)]
+
+    def all_logits():
+        return [model.forward(ids) for ids in inputs]
+
+    plain = all_logits()
+    count = model.prepare_decoding()
+    assert count >= 14  # 2 layers x 7 projections (+ lm_head when it is NF4)
+    assert model.decoding_nbytes > 0
+    prepared = all_logits()
+    for got, want in zip(prepared, plain):
+        assert rel_err(got, want) <= TOL
+    assert not np.array_equal(prepared[0], plain[0])  # the table kernel ran (its rounding differs)
+    model.add_lora(LoraConfig(r=4, alpha=8, seed=1))
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"):
+        A, B = model.lora_weights(name)
+        model.set_lora_weights(name, A, rng.standard_normal(B.shape).astype(np.float32) * 0.1)
+    with_copy = all_logits()
+    assert model.prepare_decoding(False) == 0 and model.decoding_nbytes == 0
+    for got, want in zip(with_copy, all_logits()):
+        assert rel_err(got, want) <= TOL
