@@ -20,6 +20,9 @@ What is measured (benchmarks/README.md describes every field):
 * gemv_* -- ecomllm's fused NF4 M=1 kernel cycled over >= 1 GiB of distinct NF4 matrices
   (double_quant=True, blocksize=64) so the last-level cache does not flatter it, in bytes of
   quantized storage (NF4Tensor.nbytes) read per second (median pass).
+* gemv_decode_layout_* -- the opt-in decoding copy (NF4Tensor.prepare_decoding: the codes repacked
+  for the exact product-table kernel, +4.5 bits per weight) on twins of the same matrices, in the
+  same alternating passes and counted in the same bytes (t.nbytes). gemv_gbs stays the default.
 * gemv_int16_* -- the opt-in int16-activation decoding kernel (NF4Tensor.matmul(x,
   activations="int16"): x rounded per 64 elements, exact integer sums, ~1e-4 relative) on the same
   matrices in the same alternating passes. gemv_gbs / gemv_vs_bandwidth stay the exact fp32 kernel.
@@ -916,6 +919,8 @@ class Bench:
                 res[f"ours_vs_bnb_gemv_{key}"] = d["ms_per_call_median"] / g[key]["ms_per_call_median"]
             if res.get("gemv_gbs"):
                 res["ours_vs_bnb_gemv"] = res["gemv_gbs"] / res["bnb_gemv_gbs"]
+            if res.get("gemv_decode_layout_gbs"):
+                res["ours_decode_layout_vs_bnb_gemv"] = res["gemv_decode_layout_gbs"] / res["bnb_gemv_gbs"]
         elif self.bnb is not None:
             errs = {k: v for k, v in self.errors.items() if k.startswith("bnb_")}
             res.setdefault("bnb_error", "no bitsandbytes GEMV path ran on every shape" +
