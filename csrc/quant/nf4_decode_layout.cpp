@@ -85,20 +85,25 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
     if (!product_tables_usable(x + m * K, K)) return false;
   // One parallel region for all rows of x: each thread builds its share of the tables, waits for
   // the others, then walks its supergroups (two regions per row cost ~5 us more per call here).
+  // (Single-threaded, no barrier is reached: called from inside someone else's parallel region,
+  // an orphaned barrier would bind to that region's team.)
   const int threads = static_cast<int>(std::min<int64_t>(max_threads(), L.supergroups));
-  auto run = [&](int t, int nt) {
+  if (threads <= 1) {
+    for (int64_t m = 0; m < M; ++m) {
+      nf4_build_product_tables(code, x + m * K, K, 0, segments, tables, xscale);
+      nf4_decode_rows(L, tables, xscale, bias, 0, L.supergroups, y + m * N);
+    }
+    return true;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = thread_index(), nt = omp_get_num_threads();
     for (int64_t m = 0; m < M; ++m) {
       nf4_build_product_tables(code, x + m * K, K, segments * t / nt, segments * (t + 1) / nt, tables, xscale);
 #pragma omp barrier
       nf4_decode_rows(L, tables, xscale, bias, L.supergroups * t / nt, L.supergroups * (t + 1) / nt, y + m * N);
 #pragma omp barrier
     }
-  };
-  if (threads <= 1) {
-    run(0, 1);
-  } else {
-#pragma omp parallel num_threads(threads)
-    run(thread_index(), omp_get_num_threads());
   }
   return true;
 }
