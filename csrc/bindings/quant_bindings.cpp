@@ -101,11 +101,14 @@ class PyNF4Matrix {
       ECOM_CHECK_ARG(bv.numel() == m_.rows, "bias: expected ", m_.rows, " values, got ", bv.numel());
       bias_ptr = bv.ptr<const float>();
     }
+    // A reference taken under the GIL keeps the decode layout alive through the kernel, even if
+    // another thread drops it meanwhile (prepare_decoding(False)).
+    const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
     return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
       if (int16_activations)
         quant::nf4_gemv_q16(in, M, m_, bias_ptr, out);
       else
-        quant::nf4_matmul(in, M, m_, bias_ptr, out, nullptr, decode_.get());
+        quant::nf4_matmul(in, M, m_, bias_ptr, out, nullptr, decode.get());
     });
   }
 
@@ -117,8 +120,12 @@ class PyNF4Matrix {
       return false;
     }
     if (!decode_) {
-      py::gil_scoped_release release;
-      decode_ = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(m_));
+      std::shared_ptr<quant::NF4DecodeLayout> built;
+      {
+        py::gil_scoped_release release;
+        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(m_));
+      }
+      decode_ = std::move(built);  // assigned under the GIL: matmul copies decode_ under it too
     }
     return true;
   }
@@ -152,7 +159,7 @@ class PyNF4Matrix {
   int64_t cols() const { return m_.cols; }
 
  private:
-  std::shared_ptr<quant::NF4DecodeLayout> decode_;  // the optional repacked copy for decoding
+  std::shared_ptr<const quant::NF4DecodeLayout> decode_;  // the optional repacked copy for decoding
   static TensorView activation_view(const py::array& a, bool bf16_bits, int64_t last_dim, const char* what) {
     TensorView v;
     if (bf16_bits) {

@@ -39,6 +39,7 @@ CASES = [  # (M, N, K, blocksize, double_quant)
     (1, 1, 64, 64, True), (1, 3, 128, 64, True), (2, 17, 192, 64, True), (3, 63, 256, 64, False),
     (1, 64, 64, 64, True), (1, 65, 4096, 64, True), (3, 65, 4096, 64, False), (1, 1000, 512, 128, True),
     (2, 129, 1024, 256, True), (1, 200, 4096, 4096, True), (3, 4097, 64, 64, True), (1, 128, 11008, 64, True),
+    (1, 100, 128, 4096, True), (2, 70, 192, 512, False),  # blocks spanning several rows
 ]
 
 
@@ -134,6 +135,30 @@ def test_state_dict_and_level_switch_are_unaffected():
     finally:
         _core.set_simd_level(original)
     assert rel_err(t.matmul(x), default) <= TOL
+
+
+@needs_kernel
+def test_concurrent_matmuls_and_dropping_the_copy_are_safe():
+    import threading
+
+    t = _weight(256, 1024, seed=13)
+    x = np.random.default_rng(5).standard_normal((1, 1024)).astype(np.float32)
+    ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T
+    errors = []
+
+    def worker():
+        for _ in range(200):
+            if rel_err(t.matmul(x), ref) > TOL:
+                errors.append("wrong result")
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for i in range(100):  # build and drop the copy while the workers multiply
+        t.prepare_decoding(i % 2 == 0)
+    for th in threads:
+        th.join()
+    assert not errors
 
 
 def test_unsupported_weights_and_unavailable_cpus_change_nothing():
