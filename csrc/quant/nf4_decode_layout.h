@@ -5,12 +5,13 @@
 // Why a copy: the table kernel looks products up 64 bytes at a time with one table for all of
 // them, so a 64-byte load must hold the same 8 columns (an "octet") of 16 rows; bitsandbytes'
 // row-major layout holds 128 columns of one row. Transposing on the fly costs as much as the
-// lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp); streaming the repacked copy reaches
-// ~0.9 of the machine's read bandwidth on Zen 4 (benchmarks/README.md has the figures).
+// lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp). Streaming the copy from DRAM
+// measured 1.6-1.9x the default kernel and 1.1-1.3x bitsandbytes' bf16 one on a 2-core Zen 4
+// (benchmarks/README.md has the figures).
 //
 // Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous stream per
-// supergroup and 64-column segment (kSegmentBytes, so that one prefetch stream covers codes and
-// scales; two separate streams measured ~7% slower):
+// supergroup and 64-column segment (kSegmentBytes), so that one prefetch stream covers codes and
+// scales (a separate scale stream measured a few % slower):
 //   [supergroup g][segment s] 8 octets x 4 chunks x 64 bytes of codes: byte 4 j + i of chunk r of
 //            octet o is byte 4 (8 s + o) + i of row 64 g + 16 r + j in bitsandbytes' layout (its
 //            high nibble is column 8 (8 s + o) + 2 i, the low nibble the next column);
