@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "base/error.h"
 #include "base/parallel.h"
@@ -47,17 +48,19 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
   L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * kSegmentBytes), true);
   uint8_t* data = L.data.as<uint8_t>();
   parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> row_scales;  // the blocks a row touches, decoded in one call
     for (int64_t g = g0; g < g1; ++g) {
       for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < W.rows; ++r) {
         const int64_t row = g * kDecodeRows + r;
         const uint8_t* src = W.packed + row * row_bytes;  // K % 8 == 0: rows start on a dword
+        const int64_t b0 = row * K / W.blocksize, b1 = (row * K + K - 1) / W.blocksize + 1;
+        row_scales.resize(static_cast<size_t>(b1 - b0));
+        W.block_scales(b0, b1, row_scales.data());
         for (int64_t s = 0; s < segments; ++s) {
           uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
           for (int64_t o = 0; o < 8; ++o)
             std::memcpy(segment + o * 256 + (r / 16) * 64 + (r % 16) * 4, src + 4 * (8 * s + o), 4);
-          const int64_t b = (row * K + 64 * s) / W.blocksize;
-          float scale;
-          W.block_scales(b, b + 1, &scale);
+          const float scale = row_scales[static_cast<size_t>((row * K + 64 * s) / W.blocksize - b0)];
           std::memcpy(segment + kSegmentCodeBytes + 4 * r, &scale, 4);
         }
       }
