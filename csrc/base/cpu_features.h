@@ -24,6 +24,7 @@ struct CpuFeatures {
   bool avx512_vbmi = false;
   bool amx_tile = false;
   bool amx_bf16 = false;
+  bool vendor_amd = false;  // cpuid vendor "AuthenticAMD" (some kernels pick their variant by it)
   bool os_avx = false;     // OS saves YMM state (XCR0 bits 1,2)
   bool os_avx512 = false;  // OS saves ZMM/opmask state (XCR0 bits 5,6,7)
   bool os_amx = false;     // OS supports AMX tile state (XCR0 bits 17,18); a process must still ask

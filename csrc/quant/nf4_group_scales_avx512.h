@@ -26,11 +26,34 @@ void half_group_scales(const NF4Matrix& W, int64_t start, int64_t count, float* 
       return;
     }
     const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, W.qabsmax + b0));
-    const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, q, W.nested_code, 4);
     const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b0 % 256)),
                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    const __m512 nested = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, _mm512_srli_epi32(lane, 8),
-                                                   W.nested_absmax + b0 / 256, 4);
+    __m512 code, nested;
+    if (nf4_scale_lookup_by_permutes()) {
+      // The 256-entry map in 16 registers: two-source permutes of 32 entries, blended on index
+      // bits 5-7; 16 consecutive blocks span at most two nested chunks. Same values as the
+      // gathers below.
+      const float* map = W.nested_code;
+      const __mmask16 bit5 = _mm512_test_epi32_mask(q, _mm512_set1_epi32(32));
+      const __mmask16 bit6 = _mm512_test_epi32_mask(q, _mm512_set1_epi32(64));
+      const __mmask16 bit7 = _mm512_test_epi32_mask(q, _mm512_set1_epi32(128));
+      __m512 quarter[4];
+      for (int h = 0; h < 4; ++h) {
+        const __m512 low = _mm512_permutex2var_ps(_mm512_loadu_ps(map + 64 * h), q, _mm512_loadu_ps(map + 64 * h + 16));
+        const __m512 high =
+            _mm512_permutex2var_ps(_mm512_loadu_ps(map + 64 * h + 32), q, _mm512_loadu_ps(map + 64 * h + 48));
+        quarter[h] = _mm512_mask_mov_ps(low, bit5, high);
+      }
+      code = _mm512_mask_mov_ps(_mm512_mask_mov_ps(quarter[0], bit6, quarter[1]), bit7,
+                                _mm512_mask_mov_ps(quarter[2], bit6, quarter[3]));
+      nested = _mm512_mask_mov_ps(_mm512_set1_ps(W.nested_absmax[b0 / 256]),
+                                  _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(256)),
+                                  _mm512_set1_ps(W.nested_absmax[(b0 + count - 1) / 256]));
+    } else {
+      code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, q, W.nested_code, 4);
+      nested = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, _mm512_srli_epi32(lane, 8),
+                                        W.nested_absmax + b0 / 256, 4);
+    }
     const __m512 scaled = _mm512_mul_ps(code, nested);
     _mm512_storeu_ps(out, _mm512_maskz_add_ps(live, scaled, _mm512_set1_ps(W.offset)));
     return;

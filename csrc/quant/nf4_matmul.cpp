@@ -4,6 +4,7 @@
 #include "quant/nf4_matmul.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -486,6 +487,16 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
 }
 
 }  // namespace
+
+namespace {
+std::atomic<bool>& scale_lookup_flag() {
+  static std::atomic<bool> flag{cpu_features().vendor_amd};
+  return flag;
+}
+}  // namespace
+
+bool nf4_scale_lookup_by_permutes() { return scale_lookup_flag().load(std::memory_order_relaxed); }
+void set_nf4_scale_lookup_by_permutes(bool on) { scale_lookup_flag().store(on); }
 
 const NF4Kernels& nf4_kernels() {
   switch (simd_level()) {

@@ -84,6 +84,15 @@ constexpr int64_t gemv_group_position(int64_t e) { return ((e % 8) ^ 1) * 16 + e
 void gemv_rows_grouped_avx512(const NF4Matrix& W, const float* xg, const float* bias, int64_t n0, int64_t n1,
                               float* y);
 
+// How the AVX-512 M = 1 kernels decode double-quantized block scales: with two vector gathers
+// per 16 blocks, or (true) with register permutes of the 256-entry map. Same values either way.
+// Default: permutes on AMD (a 16-lane gather costs ~22 cycles on Zen 4; the whole exact kernel
+// measured +20%), gathers elsewhere (measured better than a table variant on Sapphire Rapids; the
+// permutes were not measured there). The setter is for tests and A/B runs (not thread-safe against
+// running kernels).
+bool nf4_scale_lookup_by_permutes();
+void set_nf4_scale_lookup_by_permutes(bool on);
+
 const NF4Kernels& nf4_kernels_scalar();
 const NF4Kernels& nf4_kernels_avx2();
 const NF4Kernels& nf4_kernels_avx512();

@@ -344,6 +344,31 @@ TEST(NF4GemvQ16, NonFiniteRowsFallBackAndUnsupportedShapesThrow) {
   EXPECT_THROW(nf4_gemv_q16(x.data(), 1, odd.m, nullptr, y.data()), ValueError);
 }
 
+// The AVX-512 M = 1 kernels decode double-quantized block scales by gathers or by register
+// permutes (nf4_scale_lookup_by_permutes): both must give bit-identical products, including
+// 16-block runs that straddle a 256-block nested chunk (K = 1152: 18 blocks per row).
+TEST(NF4GemvScales, GathersAndPermutesAgreeBitForBit) {
+  if (cpu_features().best_level() != SimdLevel::AVX512) GTEST_SKIP() << "needs AVX-512";
+  set_simd_level(SimdLevel::AVX512);
+  const bool original = nf4_scale_lookup_by_permutes();
+  for (const int64_t K : {int64_t{128}, int64_t{1152}, int64_t{4096}}) {
+    const Weight w = make_weight(37, K, 64, true, 71);
+    const std::vector<float> x = random_normal(2 * K, 73);
+    std::vector<float> y[2], y16[2];
+    for (int permutes = 0; permutes < 2; ++permutes) {
+      set_nf4_scale_lookup_by_permutes(permutes == 1);
+      y[permutes].assign(2 * 37, NAN);
+      y16[permutes].assign(2 * 37, NAN);
+      nf4_matmul(x.data(), 2, w.m, nullptr, y[permutes].data());
+      nf4_gemv_q16(x.data(), 2, w.m, nullptr, y16[permutes].data());
+    }
+    EXPECT_EQ(0, std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(float))) << "K=" << K;
+    EXPECT_EQ(0, std::memcmp(y16[0].data(), y16[1].data(), y16[0].size() * sizeof(float))) << "K=" << K;
+  }
+  set_nf4_scale_lookup_by_permutes(original);
+  set_simd_level(cpu_features().best_level());
+}
+
 // The decode layout's product-table kernel against the fp64 reference, where this CPU runs it;
 // elsewhere nf4_decode_matmul must refuse (return false) without writing.
 TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
