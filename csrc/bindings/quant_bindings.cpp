@@ -115,7 +115,7 @@ class PyNF4Matrix {
   // Builds the decode layout (quant/nf4_decode_layout.h) when this weight and CPU support it;
   // returns whether matmul now uses it for up to 3 rows of x. enabled=false drops it.
   bool prepare_decoding(bool enabled) {
-    if (!enabled || !quant::nf4_decode_layout_supported(m_) || !quant::nf4_decode_kernel_available()) {
+    if (!enabled || !quant::nf4_decode_layout_useful(m_)) {
       decode_.reset();
       return false;
     }

@@ -178,7 +178,7 @@ const quant::NF4Weight* Linear::weight_nf4() const {
 
 bool Linear::prepare_decoding(bool enabled) {
   const quant::NF4Weight* w = weight_nf4();
-  if (!enabled || !w || !quant::nf4_decode_layout_supported(w->view()) || !quant::nf4_decode_kernel_available()) {
+  if (!enabled || !w || !quant::nf4_decode_layout_useful(w->view())) {
     nf4_decode_.reset();
     return false;
   }

@@ -46,6 +46,10 @@ struct NF4DecodeLayout {
 inline bool nf4_decode_layout_supported(const NF4Matrix& W) { return W.cols % 64 == 0 && W.blocksize % 64 == 0; }
 // Whether this CPU runs the kernel: AVX-512 level active, VBMI and VNNI present.
 bool nf4_decode_kernel_available();
+// Whether a decode layout of W would be used here: both of the above.
+inline bool nf4_decode_layout_useful(const NF4Matrix& W) {
+  return nf4_decode_layout_supported(W) && nf4_decode_kernel_available();
+}
 
 // The repacked copy of W (multi-threaded). ValueError unless nf4_decode_layout_supported(W).
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W);

@@ -513,19 +513,18 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
   if (decode) ECOM_CHECK_ARG(decode->rows == W.rows && decode->cols == W.cols, "nf4 matmul: decode layout is of ",
                              "another shape");
   const NF4Kernels& kern = nf4_kernels();
-  if (M <= kGemvMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
-    if (extra) {
-      check_low_rank(*extra);
-      add_low_rank_rows(*extra, M, W.rows, y);
-    }
-  } else if (M <= kGemvMaxRows && W.rows_group_aligned()) {
+  // A few rows: one pass over W per row (the decode layout's kernel where it runs, else the
+  // fused GEMV), then the low-rank term; otherwise the tiled GEMM, which fuses the term itself.
+  bool by_rows = M <= kGemvMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y);
+  if (!by_rows && M <= kGemvMaxRows && W.rows_group_aligned()) {
     gemv(kern, x, M, W, bias, y);
-    if (extra) {
-      check_low_rank(*extra);
-      add_low_rank_rows(*extra, M, W.rows, y);
-    }
-  } else {
+    by_rows = true;
+  }
+  if (!by_rows) {
     gemm(kern, x, M, W.rows, W.cols, NF4Source{kern, W}, bias, y, extra);
+  } else if (extra) {
+    check_low_rank(*extra);
+    add_low_rank_rows(*extra, M, W.rows, y);
   }
 }
 
