@@ -20,9 +20,13 @@ What is measured (benchmarks/README.md describes every field):
 * gemv_* -- ecomllm's fused NF4 M=1 kernel cycled over >= 1 GiB of distinct NF4 matrices
   (double_quant=True, blocksize=64) so the last-level cache does not flatter it, in bytes of
   quantized storage (NF4Tensor.nbytes) read per second (median pass).
-* gemv_decode_layout_* -- the opt-in decoding copy (NF4Tensor.prepare_decoding: the codes repacked
-  for the exact product-table kernel, +4.5 bits per weight) on twins of the same matrices, in the
-  same alternating passes and counted in the same bytes (t.nbytes). gemv_gbs stays the default.
+* gemv_decode_layout_* -- the opt-in decode layout in its serving configuration
+  (NF4Tensor.prepare_decoding(keep_codes=False): the codes repacked for the exact product-table
+  kernel, with the block scales, in place of bitsandbytes' packed codes; ~4.6 bits per weight
+  held in all) on twins of the same matrices, in the same alternating passes and counted in the
+  same bytes (t.nbytes). gemv_gbs stays the default layout (bitsandbytes', as loaded).
+  gemm_m128_codes_released_vs_held: what prefill pays in that configuration (codes restored per
+  call), as a speed ratio at M=128 timed with the GEMM candidates.
 * gemv_int16_* -- the opt-in int16-activation decoding kernel (NF4Tensor.matmul(x,
   activations="int16"): x rounded per 64 elements, exact integer sums, ~1e-4 relative) on the same
   matrices in the same alternating passes. gemv_gbs / gemv_vs_bandwidth stay the exact fp32 kernel.
@@ -510,6 +514,9 @@ class Bench:
             with torch.no_grad():
                 return tX @ tW.t()
 
+        # the serving configuration (prepare_decoding(keep_codes=False)): prefill restores the codes
+        released = self.NF4Tensor.from_state_dict(base.state_dict())
+        has_released = released.prepare_decoding(keep_codes=False)
         cands = {
             "ours_nf4": lambda: base.matmul(X),
             "numpy_x@W.T": lambda: X @ wdeq.T,
@@ -517,6 +524,8 @@ class Bench:
             "torch_linear": t_linear,
             "torch_x@W.t()": t_matmul,
         }
+        if has_released:
+            cands["ours_nf4_released_codes"] = lambda: released.matmul(X)
         for name, fn in cands.items():
             y = fn()
             e = rel_err(y.numpy() if hasattr(y, "numpy") else y, ref)
@@ -527,7 +536,7 @@ class Bench:
         # different thread pools (ours: libgomp, numpy: OpenBLAS, torch: its own libgomp), hence the gap
         times = interleaved_reps(cands, cfg.gemm_min_rounds, cfg.gemm_max_rounds, cfg.gemm_budget_s,
                                  per_block=cfg.gemm_block, gap_s=GAP_S)
-        del wt
+        del wt, released
         t = {name: median(ts) for name, ts in times.items()}
         for name, tm in t.items():
             out[f"{name}_ms"] = tm * 1e3
@@ -542,6 +551,8 @@ class Bench:
                              else "x @ WT (WT = ascontiguousarray(W.T), [K,N] row-major)"),
             "torch_op": "F.linear(x, W)" if t_lin <= t_mm else "x @ W.t()",
         })
+        if has_released:
+            out["released_codes_s"] = t["ours_nf4_released_codes"]
         self.details.setdefault("gemm", {})[key] = out
 
     # -- GEMV at M=1: ours and bitsandbytes --------------------------------------------------------
@@ -593,15 +604,16 @@ class Bench:
                     m.matmul(x1, activations="int16")
 
             passes["ours_int16"] = ours_int16_pass
-        # the opt-in decoding copy (NF4Tensor.prepare_decoding): twins of the same matrices that
-        # share their arrays and add the repacked codes, timed in the same alternating passes
-        err_decode, decode_bytes, dmats = None, 0, []
+        # the decode layout in its serving configuration (NF4Tensor.prepare_decoding(keep_codes=False):
+        # the layout replaces the packed codes): twins of the same matrices that share their scale
+        # arrays, timed in the same alternating passes
+        err_decode, decode_bytes, held_bytes, dmats = None, 0, 0, []
         if base.prepare_decoding():
             base.prepare_decoding(False)
             dmats = [NF4Tensor.from_state_dict(m.state_dict()) for m in mats]
             for m in dmats:
-                m.prepare_decoding()
-            decode_bytes = dmats[0].decoding_nbytes
+                m.prepare_decoding(keep_codes=False)
+            decode_bytes, held_bytes = dmats[0].decoding_nbytes, dmats[0].memory_nbytes
             err_decode = max(rel_err(dmats[0].matmul(x1), ref1),
                              rel_err(dmats[-1].matmul(x1), x1 @ last.dequantize().T))
             if not err_decode <= TOL_FP32:
@@ -643,7 +655,7 @@ class Bench:
             self.details["gemv"][key]["decode_layout"] = {
                 "ms_per_call_median": td * 1e3, "gbs_median": nbytes / td / 1e9,
                 "gbs_best": nbytes / (min(times["ours_decode"]) / nmat) / 1e9, "max_rel_err": err_decode,
-                "extra_bytes_per_matrix": decode_bytes}
+                "extra_bytes_per_matrix": decode_bytes, "held_bytes_per_matrix_codes_released": held_bytes}
             log(f"[{key}] ours decode layout: {td * 1e3:.3f} ms/call = {nbytes / td / 1e9:.2f} GB/s")
         for path, info in bnb_info.items():
             ts = times[path]
@@ -869,9 +881,12 @@ class Bench:
             res["gemv_decode_layout_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in gd) / \
                 sum(d["ms_per_call_median"] * 1e-3 for d in gd.values()) / 1e9
             res["gemv_decode_layout_max_rel_err"] = max(d["max_rel_err"] for d in gd.values())
+            weights = sum(math.prod(int(v) for v in k.split("x")) for k in gd)
             res["gemv_decode_layout_extra_bits_per_weight"] = 8.0 * sum(
-                d["extra_bytes_per_matrix"] for d in gd.values()) / sum(
-                math.prod(int(v) for v in k.split("x")) for k in gd)
+                d["extra_bytes_per_matrix"] for d in gd.values()) / weights
+            res["gemv_decode_layout_held_bits_per_weight"] = 8.0 * sum(
+                d["held_bytes_per_matrix_codes_released"] for d in gd.values()) / weights
+            res["nf4_held_bits_per_weight"] = 8.0 * sum(g[k]["nbytes_per_matrix"] for k in gd) / weights
             if res.get("read_bandwidth_gbs"):
                 res["gemv_decode_layout_vs_bandwidth"] = res["gemv_decode_layout_gbs"] / res["read_bandwidth_gbs"]
             if all(d.get("ms_per_call_cache_hot") for d in gd.values()):
@@ -893,6 +908,9 @@ class Bench:
             res[f"torch_fp32_gflops_m{GEMM_M}"] = fl / sum(d["torch_s"] for d in m.values()) / 1e9
             res["gemm_vs_fp32_blas"] = res[f"gemm_gflops_m{GEMM_M}"] / res[f"numpy_fp32_gflops_m{GEMM_M}"]
             res["gemm_vs_torch_fp32"] = res[f"gemm_gflops_m{GEMM_M}"] / res[f"torch_fp32_gflops_m{GEMM_M}"]
+            if all("released_codes_s" in d for d in m.values()):
+                res[f"gemm_m{GEMM_M}_codes_released_vs_held"] = sum(d["ours_s"] for d in m.values()) / \
+                    sum(d["released_codes_s"] for d in m.values())
             if res.get("machine_peak_gflops"):
                 res["gemm_fraction_of_peak"] = res[f"gemm_gflops_m{GEMM_M}"] / res["machine_peak_gflops"]
                 res["numpy_fp32_fraction_of_peak"] = res[f"numpy_fp32_gflops_m{GEMM_M}"] / res["machine_peak_gflops"]
@@ -921,6 +939,9 @@ class Bench:
                 res["ours_vs_bnb_gemv"] = res["gemv_gbs"] / res["bnb_gemv_gbs"]
             if res.get("gemv_decode_layout_gbs"):
                 res["ours_decode_layout_vs_bnb_gemv"] = res["gemv_decode_layout_gbs"] / res["bnb_gemv_gbs"]
+            res["bnb_gemv_held_bits_per_weight"] = 8.0 * sum(paths[best][k]["bytes_per_matrix_bnb_layout"]
+                                                             for k in g) / sum(
+                math.prod(int(v) for v in k.split("x")) for k in g)
         elif self.bnb is not None:
             errs = {k: v for k, v in self.errors.items() if k.startswith("bnb_")}
             res.setdefault("bnb_error", "no bitsandbytes GEMV path ran on every shape" +
@@ -950,6 +971,18 @@ DEFINITIONS = {
                     "NF4-equivalent bytes (our t.nbytes per shape), so ours_vs_bnb_gemv is a speed ratio; its "
                     "passes alternate with ours",
     "ours_vs_bnb_gemv": "gemv_gbs / bnb_gemv_gbs (> 1: ours faster); per shape: bnb ms / our ms",
+    "gemv_decode_layout_gbs": "gemv_gbs for twins with prepare_decoding(keep_codes=False) (the decode layout in "
+                              "place of the packed codes), same passes, same t.nbytes per matrix",
+    "ours_decode_layout_vs_bnb_gemv": "gemv_decode_layout_gbs / bnb_gemv_gbs",
+    "gemv_decode_layout_held_bits_per_weight": "8 * NF4Tensor.memory_nbytes / weights with the codes released "
+                                               "(decode layout + scale state + code books)",
+    "gemv_decode_layout_extra_bits_per_weight": "8 * decoding_nbytes / weights: the layout alone (what "
+                                                "keep_codes=True adds to nf4_held_bits_per_weight)",
+    "nf4_held_bits_per_weight": "8 * NF4Tensor.nbytes / weights: bitsandbytes' state as loaded",
+    "bnb_gemv_held_bits_per_weight": "8 * bytes of bitsandbytes' weight data (+ scales) per weight for the bnb path "
+                                     "timed (after its CPU repacking, for the fused path)",
+    "gemm_m128_codes_released_vs_held": "time at M=128 with the codes held / with them released (restored per "
+                                        "call): < 1 is the prefill cost of the serving configuration",
     "quantize_gbs": "1e9 weights quantized per second (median), NF4Tensor.quantize 4096x4096 fp32, blocksize=64, "
                     "double_quant=True",
     "quantize_input_gbs": "the same in 1e9 bytes of fp32 input per second",

@@ -170,11 +170,11 @@ void bind_model(py::module_& m) {
       .def("num_parameters", &LlamaModel::num_parameters, py::arg("trainable_only") = false)
       .def(
           "prepare_decoding",
-          [](LlamaModel& self, bool enabled) {
+          [](LlamaModel& self, bool enabled, bool keep_codes) {
             py::gil_scoped_release nogil;
-            return self.prepare_decoding(enabled);
+            return self.prepare_decoding(enabled, keep_codes);
           },
-          py::arg("enabled") = true)
+          py::arg("enabled") = true, py::arg("keep_codes") = true)
       .def("decoding_nbytes", &LlamaModel::decoding_nbytes)
       .def("trainable_parameters",
            [](py::object self_obj) {

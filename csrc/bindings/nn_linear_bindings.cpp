@@ -335,6 +335,8 @@ void bind_nn_linear(py::module_& m) {
         const quant::NF4Weight* w = l.weight_nf4();
         if (!w) return py::none();
         const quant::NF4Matrix v = w->view();
+        AlignedBuffer restored;  // the codes, if prepare_decoding(keep_codes=False) released them
+        const uint8_t* packed = w->packed_codes(restored);
         const int64_t nb = v.num_blocks(), nn_ = (nb + quant::kNestedBlocksize - 1) / quant::kNestedBlocksize;
         auto copy_u8 = [](const uint8_t* p, int64_t n) {
           auto a = new_array<uint8_t>({n});
@@ -350,7 +352,7 @@ void bind_nn_linear(py::module_& m) {
         d["rows"] = v.rows;
         d["cols"] = v.cols;
         d["blocksize"] = v.blocksize;
-        d["packed"] = copy_u8(v.packed, quant::nf4_packed_bytes(v.numel()));
+        d["packed"] = copy_u8(packed, quant::nf4_packed_bytes(v.numel()));
         d["code"] = copy_f32(v.code, 16);
         if (v.absmax) {
           d["absmax"] = copy_f32(v.absmax, nb);
@@ -362,6 +364,16 @@ void bind_nn_linear(py::module_& m) {
         }
         return d;
       }, "Copies of the NF4 state arrays (the keyword names of from_nf4_state), or None for other formats.")
+      .def(
+          "prepare_decoding",
+          [](Linear& l, bool enabled, bool keep_codes) {
+            py::gil_scoped_release release;
+            return l.prepare_decoding(enabled, keep_codes);
+          },
+          py::arg("enabled") = true, py::arg("keep_codes") = true,
+          "Builds (or drops) the NF4 weight's decode layout for exact, faster forward passes of 1-3 rows; "
+          "keep_codes=False releases the packed codes it also holds. Returns whether the layout exists.")
+      .def_property_readonly("decoding_nbytes", &Linear::decoding_nbytes)
       .def("dequantize_weight", [](const Linear& l) {
         auto out = new_array<float>({l.out_features(), l.in_features()});
         float* p = out.mutable_data();

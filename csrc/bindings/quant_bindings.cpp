@@ -48,7 +48,7 @@ class PyNF4Matrix {
     m_.cols = cols;
     m_.blocksize = blocksize;
     const int64_t n = rows * cols, nb = m_.num_blocks();
-    const TensorView pv = view_of(packed_, "packed");
+    const TensorView pv = view_of(py::reinterpret_borrow<py::array>(packed_), "packed");
     pv.expect_dtype(DType::U8, "packed");
     ECOM_CHECK_ARG(pv.numel() == quant::nf4_packed_bytes(n), "packed: expected ", quant::nf4_packed_bytes(n),
                    " bytes for shape (", rows, ", ", cols, "), got ", pv.numel());
@@ -101,50 +101,87 @@ class PyNF4Matrix {
       ECOM_CHECK_ARG(bv.numel() == m_.rows, "bias: expected ", m_.rows, " values, got ", bv.numel());
       bias_ptr = bv.ptr<const float>();
     }
-    // A reference taken under the GIL keeps the decode layout alive through the kernel, even if
-    // another thread drops it meanwhile (prepare_decoding(False)).
-    const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
+    // References taken under the GIL keep the decode layout and the packed codes alive through
+    // the kernel, even if another thread drops or releases them meanwhile (prepare_decoding).
+    const Codes codes = current_codes();
     return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
-      if (int16_activations)
-        quant::nf4_gemv_q16(in, M, m_, bias_ptr, out);
-      else
-        quant::nf4_matmul(in, M, m_, bias_ptr, out, nullptr, decode.get());
+      if (int16_activations) {
+        AlignedBuffer restored;
+        quant::nf4_gemv_q16(in, M, quant::nf4_with_codes(codes.W, codes.decode.get(), restored), bias_ptr, out);
+      } else {
+        quant::nf4_matmul(in, M, codes.W, bias_ptr, out, nullptr, codes.decode.get());
+      }
     });
   }
 
   // Builds the decode layout (quant/nf4_decode_layout.h) when this weight and CPU support it;
-  // returns whether matmul now uses it for up to 3 rows of x. enabled=false drops it.
-  bool prepare_decoding(bool enabled) {
-    if (!enabled || !quant::nf4_decode_layout_useful(m_)) {
+  // returns whether matmul now uses it for up to 3 rows of x. keep_codes=false then releases
+  // the packed codes (the layout holds them too); keep_codes=true brings released codes back.
+  // enabled=false drops the layout (restoring released codes first).
+  bool prepare_decoding(bool enabled, bool keep_codes) {
+    const bool keep_layout = enabled && quant::nf4_decode_layout_useful(m_);
+    if (!holds_codes() && (!keep_layout || keep_codes)) {
+      auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(m_.numel())});
+      uint8_t* dst = packed.mutable_data();
+      const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
+      {
+        py::gil_scoped_release release;
+        quant::nf4_restore_packed(*decode, dst);
+      }
+      packed_ = packed;  // assigned under the GIL, like every change below: matmul copies them under it
+      m_.packed = dst;
+    }
+    if (!keep_layout) {
       decode_.reset();
       return false;
     }
     if (!decode_) {
       std::shared_ptr<quant::NF4DecodeLayout> built;
+      const NF4Matrix W = m_;
       {
         py::gil_scoped_release release;
-        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(m_));
+        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(W));
       }
-      decode_ = std::move(built);  // assigned under the GIL: matmul copies decode_ under it too
+      decode_ = std::move(built);
+    }
+    if (!keep_codes && holds_codes()) {
+      packed_ = py::none();
+      m_.packed = nullptr;
     }
     return true;
   }
   int64_t decoding_nbytes() const { return decode_ ? decode_->nbytes() : 0; }
+  bool holds_codes() const { return m_.packed != nullptr; }
+
+  // bitsandbytes' packed codes: the held array itself, or a copy restored from the decode layout.
+  py::array packed_codes() const {
+    if (holds_codes()) return packed_;
+    auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(m_.numel())});
+    uint8_t* dst = packed.mutable_data();
+    const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
+    py::gil_scoped_release release;
+    quant::nf4_restore_packed(*decode, dst);
+    return packed;
+  }
 
   // dy [..., N] float32 or bfloat16 -> dx [..., K] float32.
   py::array_t<float> matmul_t(const py::array& dy, bool bf16_bits) const {
+    const Codes codes = current_codes();
     return product(dy, bf16_bits, "dy", m_.rows, m_.cols, [&](const float* in, int64_t M, float* out) {
-      quant::nf4_matmul_t(in, M, m_, out);
+      quant::nf4_matmul_t(in, M, codes.W, out, false, nullptr, codes.decode.get());
     });
   }
 
   py::array_t<float> dequantize() const {
+    const Codes codes = current_codes();
     auto out = new_array<float>({m_.rows, m_.cols});
     float* dst = out.mutable_data();
     py::gil_scoped_release release;
-    std::vector<float> scales(m_.num_blocks());
-    m_.block_scales(0, m_.num_blocks(), scales.data());
-    quant::nf4_dequantize(m_.packed, scales.data(), m_.code, m_.numel(), m_.blocksize, dst);
+    AlignedBuffer restored;
+    const NF4Matrix W = quant::nf4_with_codes(codes.W, codes.decode.get(), restored);
+    std::vector<float> scales(W.num_blocks());
+    W.block_scales(0, W.num_blocks(), scales.data());
+    quant::nf4_dequantize(W.packed, scales.data(), W.code, W.numel(), W.blocksize, dst);
     return out;
   }
 
@@ -203,8 +240,18 @@ class PyNF4Matrix {
     return dst;
   }
 
+  // A consistent snapshot for one kernel call, taken under the GIL: the view, and references
+  // that keep its packed codes (None once released) and decode layout alive without the GIL.
+  struct Codes {
+    NF4Matrix W;
+    py::object packed;
+    std::shared_ptr<const quant::NF4DecodeLayout> decode;
+  };
+  Codes current_codes() const { return Codes{m_, packed_, decode_}; }
+
   NF4Matrix m_;
-  py::array packed_, code_, absmax_, qabsmax_, nested_absmax_, nested_code_;
+  py::object packed_;  // numpy uint8 array, or None once prepare_decoding(keep_codes=false) released it
+  py::array code_, absmax_, qabsmax_, nested_absmax_, nested_code_;
 };
 
 }  // namespace
@@ -288,9 +335,14 @@ void bind_quant(py::module_& m) {
            "y[..., N] = x[..., K] @ dequant(W)^T (+ bias). GIL released. int16_activations: the int16-activation "
            "GEMV (x rounded per 64 elements; ~1e-4 relative difference; for a few rows of x).")
       .def("prepare_decoding", &PyNF4Matrix::prepare_decoding, py::arg("enabled") = true,
+           py::arg("keep_codes") = true,
            "Build (or with enabled=False drop) the repacked copy of the codes that the product-table M = 1 kernel "
            "reads; returns whether matmul uses it (needs in_features and blocksize multiples of 64, and AVX-512 "
-           "VBMI + VNNI at the avx512 level).")
+           "VBMI + VNNI at the avx512 level). keep_codes=False releases the packed codes (the layout holds them).")
+      .def_property_readonly("holds_codes", &PyNF4Matrix::holds_codes,
+                             "Whether the packed codes are held (False after prepare_decoding(keep_codes=False)).")
+      .def("packed_codes", &PyNF4Matrix::packed_codes,
+           "bitsandbytes' packed codes: the held array, or a copy restored from the decode layout.")
       .def_property_readonly("decoding_nbytes", &PyNF4Matrix::decoding_nbytes,
                              "Bytes held by the decode layout (0 when none).")
       .def_property_readonly("supports_int16_activations",

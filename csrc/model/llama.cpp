@@ -288,10 +288,10 @@ void LlamaModel::for_each_linear(Fn&& fn) {
   if (lm_head_) fn(std::string("lm_head"), *lm_head_);
 }
 
-int64_t LlamaModel::prepare_decoding(bool enabled) {
+int64_t LlamaModel::prepare_decoding(bool enabled, bool keep_codes) {
   int64_t count = 0;
   for_each_linear([&](const std::string& name, nn::Linear& lin) {
-    if (name != "model.embed_tokens") count += lin.prepare_decoding(enabled) ? 1 : 0;  // a lookup table
+    if (name != "model.embed_tokens") count += lin.prepare_decoding(enabled, keep_codes) ? 1 : 0;  // a lookup table
   });
   return count;
 }

@@ -128,8 +128,10 @@ class LlamaModel {
   int64_t num_parameters(bool trainable_only) const;
   // Builds (enabled) or drops the decode layout of every NF4 projection and lm_head
   // (nn::Linear::prepare_decoding): exact, faster token-by-token decoding for ~4.5 more bits per
-  // NF4 weight. Returns how many linears have one afterwards (0 on CPUs without VBMI/VNNI).
-  int64_t prepare_decoding(bool enabled);
+  // NF4 weight, or ~0.5 more with keep_codes = false (the packed codes released; prefill and
+  // backward then restore each weight's codes per call). Returns how many linears have one
+  // afterwards (0 on CPUs without VBMI/VNNI).
+  int64_t prepare_decoding(bool enabled, bool keep_codes = true);
   int64_t decoding_nbytes();
 
   // ---- compute ---------------------------------------------------------------------------

@@ -133,7 +133,6 @@ void Linear::set_weight_f32(const float* w, bool trainable) {
   dw_ = trainable ? std::make_shared<AlignedBuffer>(sizeof(float) * static_cast<size_t>(out_ * in_), true) : nullptr;
   w_bf16_ = AlignedBuffer();
   nf4_.reset();
-  nf4_decode_.reset();
   format_ = WeightFormat::F32;
   trainable_ = trainable;
   has_weight_ = true;
@@ -148,7 +147,6 @@ void Linear::set_weight_bf16(const uint16_t* w) {
   w_f32_.reset();
   dw_.reset();
   nf4_.reset();
-  nf4_decode_.reset();
   format_ = WeightFormat::BF16;
   trainable_ = false;
   has_weight_ = true;
@@ -159,7 +157,6 @@ void Linear::set_weight_nf4(quant::NF4Weight w) {
   ECOM_CHECK_ARG(w.rows() == out_ && w.cols() == in_, "Linear: NF4 weight has shape (", w.rows(), ", ", w.cols(),
                  "), expected (", out_, ", ", in_, ")");
   nf4_ = std::move(w);
-  nf4_decode_.reset();
   w_f32_.reset();
   dw_.reset();
   w_bf16_ = AlignedBuffer();
@@ -176,17 +173,12 @@ const quant::NF4Weight* Linear::weight_nf4() const {
   return format_ == WeightFormat::NF4 && nf4_ ? &*nf4_ : nullptr;
 }
 
-bool Linear::prepare_decoding(bool enabled) {
-  const quant::NF4Weight* w = weight_nf4();
-  if (!enabled || !w || !quant::nf4_decode_layout_useful(w->view())) {
-    nf4_decode_.reset();
-    return false;
-  }
-  if (!nf4_decode_) nf4_decode_ = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(w->view()));
-  return true;
+bool Linear::prepare_decoding(bool enabled, bool keep_codes) {
+  // While merged the layer computes with a dense copy: no layout then (as for other formats).
+  return nf4_ && nf4_->prepare_decoding(enabled && format_ == WeightFormat::NF4, keep_codes);
 }
 
-int64_t Linear::decoding_nbytes() const { return nf4_decode_ ? nf4_decode_->nbytes() : 0; }
+int64_t Linear::decoding_nbytes() const { return nf4_ ? nf4_->decoding_nbytes() : 0; }
 
 void Linear::require_weight() const {
   ECOM_CHECK_ARG(has_weight_, "Linear(", in_, " -> ", out_, "): the weight has not been set");
@@ -251,7 +243,7 @@ bool Linear::base_forward(float* y, const float* x, int64_t N, const quant::LowR
       break;
     }
     case WeightFormat::NF4:
-      quant::nf4_matmul(x, N, nf4_->view(), nullptr, y, extra, nf4_decode_.get());
+      quant::nf4_matmul(x, N, nf4_->view(), nullptr, y, extra, nf4_->decode_layout());
       return true;
   }
   return false;
@@ -291,7 +283,7 @@ bool Linear::base_backward(float* dx, const float* dy, int64_t N, const quant::L
       break;
     }
     case WeightFormat::NF4:
-      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, accumulate, extra);
+      quant::nf4_matmul_t(dy, N, nf4_->view(), dx, accumulate, extra, nf4_->decode_layout());
       return true;
   }
   return false;

@@ -76,8 +76,9 @@ class Linear {
   // The NF4 weight's decode layout (quant/nf4_decode_layout.h): forward passes of up to 3 rows
   // (token-by-token decoding) then run its product-table kernel. Returns whether the layer has
   // one after the call: false for other formats, unsupported shapes or CPUs, or enabled = false
-  // (which drops it). Replacing the weight drops it too.
-  bool prepare_decoding(bool enabled);
+  // (which drops it). Replacing the weight drops it too. keep_codes = false releases the NF4
+  // weight's packed codes, which the layout also holds (quant::NF4Weight::prepare_decoding).
+  bool prepare_decoding(bool enabled, bool keep_codes = true);
   int64_t decoding_nbytes() const;
   void dequantize_weight(float* out) const;  // [out, in] fp32 of whatever the layer computes with
   int64_t weight_nbytes() const;             // storage of the weight(s) held, grads excluded
@@ -145,8 +146,7 @@ class Linear {
   // Shared so that numpy views of the weight and its gradient survive set_weight_* / unmerge.
   std::shared_ptr<AlignedBuffer> w_f32_, dw_;
   AlignedBuffer w_bf16_;                  // [out, in] bf16 bits
-  std::optional<quant::NF4Weight> nf4_;
-  std::shared_ptr<quant::NF4DecodeLayout> nf4_decode_;  // optional, built from nf4_
+  std::optional<quant::NF4Weight> nf4_;  // with its optional decode layout
   std::map<std::string, std::shared_ptr<LoraAdapter>> adapters_;
   std::string active_;
   bool merged_ = false;

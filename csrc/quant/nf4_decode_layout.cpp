@@ -69,6 +69,34 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
   return L;
 }
 
+void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
+  const int64_t K = L.cols, segments = K / 64, row_bytes = K / 2;
+  const uint8_t* data = L.data.as<uint8_t>();
+  parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < L.rows; ++r) {
+        uint8_t* dst = packed + (g * kDecodeRows + r) * row_bytes;
+        for (int64_t s = 0; s < segments; ++s) {
+          const uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
+          for (int64_t o = 0; o < 8; ++o)
+            std::memcpy(dst + 4 * (8 * s + o), segment + o * 256 + (r / 16) * 64 + (r % 16) * 4, 4);
+        }
+      }
+  });
+}
+
+NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, AlignedBuffer& storage) {
+  if (W.packed) return W;
+  ECOM_CHECK_ARG(decode && decode->rows == W.rows && decode->cols == W.cols,
+                 "NF4 matrix: the packed codes were released and no decode layout of shape (", W.rows, ", ", W.cols,
+                 ") holds them");
+  storage = AlignedBuffer(static_cast<size_t>(W.rows * W.cols / 2));
+  nf4_restore_packed(*decode, storage.as<uint8_t>());
+  NF4Matrix restored = W;
+  restored.packed = storage.as<uint8_t>();
+  return restored;
+}
+
 bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
                        float* y) {
   if (!nf4_decode_kernel_available()) return false;

@@ -53,6 +53,13 @@ inline bool nf4_decode_layout_useful(const NF4Matrix& W) {
 
 // The repacked copy of W (multi-threaded). ValueError unless nf4_decode_layout_supported(W).
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W);
+// The exact inverse of the repacking: bitsandbytes' packed codes [rows * cols / 2] from L
+// (multi-threaded). For weights whose owner released its packed codes (compact decoding).
+void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed);
+// W itself when it holds its packed codes; else W over codes restored from `decode` into
+// `storage` (a transient copy, rows * cols / 2 bytes), for the paths that read bitsandbytes'
+// layout. ValueError when W has neither codes nor a decode layout of its shape.
+NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, AlignedBuffer& storage);
 
 // y[M, N] = x[M, K] @ dequant(W)^T (+ bias) from the copy, for the few rows of x of token-by-token
 // decoding (each row is one pass over the codes). Returns false, computing nothing, when the

@@ -18,10 +18,10 @@ void NF4Matrix::block_scales(int64_t b0, int64_t b1, float* out) const {
   for (int64_t b = b0; b < b1; ++b) out[b - b0] = absmax_double_dequantize_one(qabsmax, nested_absmax, nested_code, offset, b);
 }
 
-void NF4Matrix::validate() const {
+void NF4Matrix::validate(bool need_packed) const {
   ECOM_CHECK_ARG(rows > 0 && cols > 0, "NF4 matrix: rows and cols must be positive, got ", rows, "x", cols);
   ECOM_CHECK_ARG(nf4_blocksize_valid(blocksize), "NF4 matrix: invalid blocksize ", blocksize);
-  ECOM_CHECK_ARG(packed && code, "NF4 matrix: missing packed codes or code book");
+  ECOM_CHECK_ARG((packed || !need_packed) && code, "NF4 matrix: missing packed codes or code book");
   ECOM_CHECK_ARG((absmax != nullptr) != (qabsmax != nullptr), "NF4 matrix: exactly one of absmax / qabsmax must be set");
   ECOM_CHECK_ARG(absmax || (nested_absmax && nested_code), "NF4 matrix: double quantization needs nested_absmax and nested_code");
 }

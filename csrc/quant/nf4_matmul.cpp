@@ -508,32 +508,40 @@ const NF4Kernels& nf4_kernels() {
 
 void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
                 const LowRankOutput* extra, const NF4DecodeLayout* decode) {
-  W.validate();
+  W.validate(/*need_packed=*/!decode);
   ECOM_CHECK_ARG(M > 0, "nf4 matmul: x has no rows");
   if (decode) ECOM_CHECK_ARG(decode->rows == W.rows && decode->cols == W.cols, "nf4 matmul: decode layout is of ",
                              "another shape");
-  const NF4Kernels& kern = nf4_kernels();
-  // A few rows: one pass over W per row (the decode layout's kernel where it runs, else the
-  // fused GEMV), then the low-rank term; otherwise the tiled GEMM, which fuses the term itself.
-  bool by_rows = M <= kGemvMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y);
-  if (!by_rows && M <= kGemvMaxRows && W.rows_group_aligned()) {
-    gemv(kern, x, M, W, bias, y);
-    by_rows = true;
-  }
-  if (!by_rows) {
-    gemm(kern, x, M, W.rows, W.cols, NF4Source{kern, W}, bias, y, extra);
-  } else if (extra) {
+  auto add_extra_rows = [&] {
+    if (!extra) return;
     check_low_rank(*extra);
     add_low_rank_rows(*extra, M, W.rows, y);
+  };
+  // A few rows: one pass over W per row (the decode layout's kernel where it runs, else the
+  // fused GEMV), then the low-rank term; otherwise the tiled GEMM, which fuses the term itself.
+  if (M <= kGemvMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
+    add_extra_rows();
+    return;
   }
+  AlignedBuffer restored;  // W's codes restored from `decode` when its owner released them
+  const NF4Matrix Wc = nf4_with_codes(W, decode, restored);
+  const NF4Kernels& kern = nf4_kernels();
+  if (M <= kGemvMaxRows && Wc.rows_group_aligned()) {
+    gemv(kern, x, M, Wc, bias, y);
+    add_extra_rows();
+    return;
+  }
+  gemm(kern, x, M, Wc.rows, Wc.cols, NF4Source{kern, Wc}, bias, y, extra);
 }
 
 void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate,
-                  const LowRankTerm* extra) {
-  W.validate();
+                  const LowRankTerm* extra, const NF4DecodeLayout* decode) {
+  W.validate(/*need_packed=*/!decode);
   ECOM_CHECK_ARG(M > 0, "nf4 matmul_t: dy has no rows");
+  AlignedBuffer restored;  // as in nf4_matmul
+  const NF4Matrix Wc = nf4_with_codes(W, decode, restored);
   const NF4Kernels& kern = nf4_kernels();
-  gemm_t(kern, dy, M, W.rows, W.cols, NF4Source{kern, W}, dx, accumulate, extra);
+  gemm_t(kern, dy, M, Wc.rows, Wc.cols, NF4Source{kern, Wc}, dx, accumulate, extra);
 }
 
 namespace {

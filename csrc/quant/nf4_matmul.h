@@ -36,8 +36,9 @@ struct NF4Matrix {
   bool rows_group_aligned() const { return cols % 32 == 0; }
   // Writes the fp32 scales of blocks [b0, b1) to out[0 .. b1-b0).
   void block_scales(int64_t b0, int64_t b1, float* out) const;
-  // Throws ValueError if the pointers or sizes are inconsistent.
-  void validate() const;
+  // Throws ValueError if the pointers or sizes are inconsistent. need_packed = false: `packed` may
+  // be null (its owner keeps the codes in a decode layout instead, quant/nf4_decode_layout.h).
+  void validate(bool need_packed = true) const;
 };
 
 // Leaf kernels of one SIMD level. All ranges are half-open; all matrices are row-major.
@@ -114,7 +115,9 @@ struct NF4DecodeLayout;  // quant/nf4_decode_layout.h
 
 // y[M, N] = x[M, K] @ dequant(W)^T + bias (+ extra's term; bias and extra may be null). x, y fp32
 // row-major. `decode`, W's decode layout if it has one, takes the few rows of token-by-token
-// decoding where its kernel runs (nf4_decode_matmul); it must have been built from W.
+// decoding where its kernel runs (nf4_decode_matmul); it must have been built from W. W.packed
+// may be null when `decode` is given (an owner that keeps only the decode layout): the other
+// paths then read codes restored from it for the call (nf4_with_codes).
 void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
                 const LowRankOutput* extra = nullptr, const NF4DecodeLayout* decode = nullptr);
 // A low-rank term the backward products can add in the same pass over dx: dx += g A with
@@ -127,8 +130,9 @@ struct LowRankTerm {
 };
 
 // dx[M, K] = dy[M, N] @ dequant(W) (accumulate: dx += ...) (+ extra->g extra->a). fp32 row-major.
+// W.packed may be null when `decode` holds W's codes (as for nf4_matmul).
 void nf4_matmul_t(const float* dy, int64_t M, const NF4Matrix& W, float* dx, bool accumulate = false,
-                  const LowRankTerm* extra = nullptr);
+                  const LowRankTerm* extra = nullptr, const NF4DecodeLayout* decode = nullptr);
 
 // Dense weights W[N, K] (row-major fp32, or bf16 bit patterns) through the same drivers and
 // micro-kernels: fp32 tiles are read in place, bf16 tiles widened per tile. For M in the tens and

@@ -138,14 +138,46 @@ int64_t NF4Weight::nbytes() const {
 }
 
 void NF4Weight::dequantize(float* out) const {
+  AlignedBuffer restored;
+  const uint8_t* packed = packed_codes(restored);
   std::vector<float> scales(static_cast<size_t>(m_.num_blocks()));
   m_.block_scales(0, m_.num_blocks(), scales.data());
-  nf4_dequantize(m_.packed, scales.data(), m_.code, m_.numel(), m_.blocksize, out);  // multi-threaded
+  nf4_dequantize(packed, scales.data(), m_.code, m_.numel(), m_.blocksize, out);  // multi-threaded
+}
+
+const uint8_t* NF4Weight::packed_codes(AlignedBuffer& storage) const {
+  return nf4_with_codes(m_, decode_.get(), storage).packed;
+}
+
+bool NF4Weight::prepare_decoding(bool enabled, bool keep_codes) {
+  const bool keep_layout = enabled && nf4_decode_layout_useful(m_);
+  if (!holds_codes() && (!keep_layout || keep_codes)) {  // the codes come back before the layout may go
+    packed_ = AlignedBuffer(static_cast<size_t>(nf4_packed_bytes(m_.numel())));
+    nf4_restore_packed(*decode_, packed_.as<uint8_t>());
+    m_.packed = packed_.as<uint8_t>();
+  }
+  if (!keep_layout) {
+    decode_.reset();
+    return false;
+  }
+  if (!decode_) decode_ = std::make_shared<const NF4DecodeLayout>(nf4_build_decode_layout(m_));
+  if (!keep_codes && holds_codes()) {
+    packed_ = AlignedBuffer();
+    m_.packed = nullptr;
+  }
+  return true;
 }
 
 NF4Weight NF4Weight::clone() const {
-  return from_bnb(m_.rows, m_.cols, m_.blocksize, m_.packed, m_.code, m_.absmax, m_.qabsmax, m_.nested_absmax,
-                  m_.nested_code, m_.offset);
+  AlignedBuffer restored;
+  NF4Weight c = from_bnb(m_.rows, m_.cols, m_.blocksize, packed_codes(restored), m_.code, m_.absmax, m_.qabsmax,
+                         m_.nested_absmax, m_.nested_code, m_.offset);
+  c.decode_ = decode_;
+  if (!holds_codes()) {
+    c.packed_ = AlignedBuffer();
+    c.m_.packed = nullptr;
+  }
+  return c;
 }
 
 }  // namespace ecomllm::quant

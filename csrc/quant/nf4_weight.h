@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "base/buffer.h"
 #include "base/tensor.h"
+#include "quant/nf4_decode_layout.h"
 #include "quant/nf4_matmul.h"
 
 namespace ecomllm::quant {
@@ -34,14 +36,30 @@ class NF4Weight {
                             const float* absmax, const uint8_t* qabsmax, const float* nested_absmax,
                             const float* nested_code, float offset);
 
+  // The kernels' view. Its `packed` is null after release_codes (pass decode_layout() along:
+  // nf4_matmul / nf4_matmul_t restore what they need from it).
   NF4Matrix view() const { return m_; }
+  // Token-by-token decoding (quant/nf4_decode_layout.h). enabled: builds the decode layout where
+  // this shape and CPU support it and returns whether it exists; keep_codes = false then releases
+  // the packed codes, which the layout also holds (-4 bits per weight held: 4.5 + the scale
+  // state instead of 8.6), at the cost of a transient restore of them in every product that reads
+  // bitsandbytes' layout (more than 3 rows, backward, dequantize, clone, state). keep_codes = true
+  // on a weight whose codes were released restores them. enabled = false restores released codes
+  // and drops the layout.
+  bool prepare_decoding(bool enabled, bool keep_codes = true);
+  const NF4DecodeLayout* decode_layout() const { return decode_.get(); }
+  int64_t decoding_nbytes() const { return decode_ ? decode_->nbytes() : 0; }
+  bool holds_codes() const { return m_.packed != nullptr; }
+  // bitsandbytes' packed codes [rows * cols / 2]: the held ones (storage untouched), or restored
+  // from the decode layout into storage.
+  const uint8_t* packed_codes(AlignedBuffer& storage) const;
   int64_t rows() const { return m_.rows; }
   int64_t cols() const { return m_.cols; }
   int64_t blocksize() const { return m_.blocksize; }
   bool double_quant() const { return m_.qabsmax != nullptr; }
   int64_t num_blocks() const { return m_.num_blocks(); }
-  // Bytes of storage: packed codes + code book + scales (+ nested scales and nested code book),
-  // counted like NF4Tensor.nbytes.
+  // Bytes of storage: packed codes (0 once released) + code book + scales (+ nested scales and
+  // nested code book); the decode layout is counted apart (decoding_nbytes).
   int64_t nbytes() const;
   // out [rows, cols] fp32 = code[q] * absmax (multi-threaded over blocks).
   void dequantize(float* out) const;
@@ -49,8 +67,9 @@ class NF4Weight {
   NF4Weight clone() const;
 
  private:
-  NF4Matrix m_;  // points into the buffers below
+  NF4Matrix m_;  // points into the buffers below (packed: null once released)
   AlignedBuffer packed_, code_, absmax_, qabsmax_, nested_absmax_, nested_code_;
+  std::shared_ptr<const NF4DecodeLayout> decode_;  // immutable once built: clones share it
 };
 
 }  // namespace ecomllm::quant

@@ -161,11 +161,22 @@ class NF4Tensor:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of quantized storage: packed codes + block scales (+ nested scales and maps)."""
-        n = self._packed.nbytes + self._quant_map.nbytes
+        """Bytes of quantized storage: packed codes + block scales (+ nested scales and maps).
+
+        This is the size of the bitsandbytes state (:meth:`state_dict`), whether or not the packed
+        codes are held now; :attr:`memory_nbytes` counts what is held, decode layout included.
+        """
+        n = (self.numel + 1) // 2 + self._quant_map.nbytes
         if self._dq is None:
             return n + self._absmax.nbytes
         return n + self._dq.qabsmax.nbytes + self._dq.nested_absmax.nbytes + self._dq.nested_code.nbytes
+
+    @property
+    def memory_nbytes(self) -> int:
+        """Bytes held in memory now: :attr:`nbytes`, less the packed codes once released by
+        ``prepare_decoding(keep_codes=False)``, plus :attr:`decoding_nbytes`."""
+        released = 0 if self._packed is not None else (self.numel + 1) // 2
+        return self.nbytes - released + self.decoding_nbytes
 
     @property
     def bits_per_weight(self) -> float:
@@ -208,24 +219,42 @@ class NF4Tensor:
         b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         return self._core.matmul(xa, b, bf16_bits=is_bf16, int16_activations=activations == "int16")
 
-    def prepare_decoding(self, enabled: bool = True) -> bool:
-        """Keep a second copy of the codes laid out for fast exact token-by-token decoding.
+    def prepare_decoding(self, enabled: bool = True, *, keep_codes: bool = True) -> bool:
+        """Lay the codes out for fast exact token-by-token decoding.
 
-        With it, :meth:`matmul` with up to 3 rows of x runs the product-table kernel: x becomes
-        tables of ``code[c] * x[k]`` (three byte digits per product, exact to ~1e-6 of the fp32
-        kernel), and each 64 bytes of codes cost 6 byte lookups and 6 integer dot products. On
-        Zen 4 it streams the weights at ~0.9 of the machine's read bandwidth, about twice the
-        default kernel (``benchmarks/README.md``). The copy costs ~4.5 bits per weight on top of
-        the ~4.13 of the weight itself; :attr:`decoding_nbytes` tells how many bytes it holds.
+        With the decode layout, :meth:`matmul` with up to 3 rows of x runs the product-table
+        kernel: x becomes tables of ``code[c] * x[k]`` (three byte digits per product, exact to
+        ~1e-6 of the fp32 kernel), and each 64 bytes of codes cost 6 byte lookups and 6 integer
+        dot products. On Zen 4 it streams the weights at 1.1-1.3x bitsandbytes' bf16 kernel and
+        up to ~0.9 of the machine's read bandwidth, about 1.7x the default kernel
+        (``benchmarks/README.md``). The layout holds the codes and fp32 block scales: ~4.5 bits
+        per weight (:attr:`decoding_nbytes`).
+
+        ``keep_codes=True`` (default) keeps bitsandbytes' packed codes too: ~4.13 + 4.5 bits per
+        weight, and every other path runs as before. ``keep_codes=False`` releases them, since
+        the layout holds the same codes (bitsandbytes' CPU inference path likewise repacks in
+        place): ~4.6 bits per weight held in all (:attr:`memory_nbytes`). The paths that read
+        bitsandbytes' layout (matmuls of 4+ rows, :meth:`matmul_t`, :meth:`dequantize`,
+        :meth:`state_dict`, int16 activations) then restore a transient copy of the codes per
+        call (~1-3 ms per 4096 x 4096 weight), so it suits serving, not training. Calling again
+        with ``keep_codes=True`` brings the codes back.
 
         Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a CPU with
-        AVX-512 VBMI and VNNI (at the ``avx512`` level). Returns whether the copy is in use (False,
-        and nothing allocated, where those are missing); ``enabled=False`` drops it. Rows of x
-        holding inf/NaN, or a 64-element segment whose max |x| is below 2^-100 but not 0, take the
-        default kernel. State dicts and files are unaffected (bitsandbytes' layout).
+        AVX-512 VBMI and VNNI (at the ``avx512`` level). Returns whether the layout is in use
+        (False, nothing allocated and nothing released, where those are missing);
+        ``enabled=False`` drops it, restoring released codes first. Rows of x holding inf/NaN, or
+        a 64-element segment whose max |x| is below 2^-100 but not 0, take the default kernel.
+        State dicts and files are unaffected (bitsandbytes' layout, byte for byte).
         """
         self._require_2d()
-        return bool(self._core.prepare_decoding(bool(enabled)))
+        used = bool(self._core.prepare_decoding(bool(enabled), bool(keep_codes)))
+        self._packed = self._core.packed_codes() if self._core.holds_codes else None
+        return used
+
+    @property
+    def holds_codes(self) -> bool:
+        """Whether bitsandbytes' packed codes are held (False after ``prepare_decoding(keep_codes=False)``)."""
+        return self._packed is not None
 
     @property
     def decoding_nbytes(self) -> int:
@@ -250,8 +279,9 @@ class NF4Tensor:
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         """bitsandbytes ``Linear4bit`` state-dict entries for this weight, keys ``{prefix}weight...``."""
         w = prefix + "weight"
+        packed = self._packed if self._packed is not None else self._core.packed_codes()
         sd = {
-            w: self._packed.reshape(-1, 1),
+            w: packed.reshape(-1, 1),
             f"{w}.quant_map": self._quant_map,
         }
         meta = {"quant_type": "nf4", "blocksize": self._blocksize, "dtype": self._dtype, "shape": list(self._shape)}

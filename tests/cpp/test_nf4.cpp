@@ -396,6 +396,33 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
   EXPECT_THROW(nf4_build_decode_layout(odd.m), ValueError);
 }
 
+// A weight whose owner released its packed codes: the layout restores them byte for byte, and
+// the products that read bitsandbytes' layout (GEMM rows, backward) give the same bits from the
+// restored codes as from the originals; without codes or a layout they refuse.
+TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
+  for (const int64_t N : {1, 65, 130}) {
+    const Weight w = make_weight(N, 192, 64, true, 71);
+    const NF4DecodeLayout L = nf4_build_decode_layout(w.m);
+    std::vector<uint8_t> restored(static_cast<size_t>(N * 192 / 2), 0xAA);
+    nf4_restore_packed(L, restored.data());
+    EXPECT_EQ(0, std::memcmp(restored.data(), w.m.packed, restored.size())) << "N=" << N;
+
+    NF4Matrix released = w.m;
+    released.packed = nullptr;
+    const int64_t M = 5;
+    const std::vector<float> x = random_normal(M * 192, 73), dy = random_normal(M * N, 79);
+    std::vector<float> y(M * N), y_released(M * N), dx(M * 192), dx_released(M * 192);
+    nf4_matmul(x.data(), M, w.m, nullptr, y.data());
+    nf4_matmul(x.data(), M, released, nullptr, y_released.data(), nullptr, &L);
+    EXPECT_EQ(0, std::memcmp(y.data(), y_released.data(), y.size() * sizeof(float)));
+    nf4_matmul_t(dy.data(), M, w.m, dx.data());
+    nf4_matmul_t(dy.data(), M, released, dx_released.data(), false, nullptr, &L);
+    EXPECT_EQ(0, std::memcmp(dx.data(), dx_released.data(), dx.size() * sizeof(float)));
+    EXPECT_THROW(nf4_matmul(x.data(), M, released, nullptr, y.data()), ValueError);
+    EXPECT_THROW(nf4_matmul_t(dy.data(), M, released, dx.data()), ValueError);
+  }
+}
+
 // The dense-weight entry points share the NF4 drivers: fp32 tiles read in place (edge tiles copied
 // and zero-padded) and bf16 tiles widened. Both against a double reference at every SIMD level.
 TEST(DenseTiledMatmul, F32AndBf16MatchFp64ReferenceAtOddSizes) {

@@ -184,21 +184,26 @@ def test_unavailable_changes_nothing():
     assert t.prepare_decoding() is KERNEL_HERE
 
 
+def _tiny_llama_dir(tmp_path, seed):
+    """A 2-layer Llama checkpoint saved by transformers (fp32), for Model.from_pretrained(quantize="nf4")."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    transformers.LlamaForCausalLM(cfg).float().save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
 @needs_kernel
 def test_model_decoding_copy_gives_the_same_logits(tmp_path):
     """An NF4 model with prepare_decoding: token-by-token forwards (1-3 tokens: the decode kernel,
     with and without a LoRA adapter's extra term) and a 4-token one (the GEMM) match the model
     without the copy."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     from ecomllm import LoraConfig, Model
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
-    transformers.LlamaForCausalLM(cfg).float().save_pretrained(tmp_path / "base")
-    model = Model.from_pretrained(tmp_path / "base", quantize="nf4", blocksize=64)
+    model = Model.from_pretrained(_tiny_llama_dir(tmp_path, seed=0), quantize="nf4", blocksize=64)
     rng = np.random.default_rng(0)
     inputs = [rng.integers(0, 61, size=(1, t)) for t in (1, 2, 3, 4)]
 
@@ -221,3 +226,141 @@ def test_model_decoding_copy_gives_the_same_logits(tmp_path):
     assert model.prepare_decoding(False) == 0 and model.decoding_nbytes == 0
     for got, want in zip(with_copy, all_logits()):
         assert rel_err(got, want) <= TOL
+
+
+# ---- keep_codes=False: the decode layout as the only copy of the codes -------------------------
+
+def _held_bytes(t):
+    return t.nbytes - (t.numel + 1) // 2 + t.decoding_nbytes
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,k,bs,dq", [(1, 64, 64, True), (65, 4096, 64, False), (130, 192, 128, True),
+                                       (70, 192, 512, False)])
+def test_released_codes_change_no_result_and_no_byte_of_the_state(n, k, bs, dq, tmp_path):
+    """Every path gives the same bits with the codes released as with them held (the 1-3 row
+    kernel reads the same layout; the others read codes restored byte for byte), and the state
+    dict and files are byte-identical."""
+    t = _weight(n, k, bs, dq, seed=n * 3 + k)
+    rng = np.random.default_rng(k)
+    xs = [rng.standard_normal((m, k)).astype(np.float32) for m in (1, 3, 4, 9)]
+    dy = rng.standard_normal((5, n)).astype(np.float32)
+    state = {key: v.copy() for key, v in t.state_dict().items()}
+    t.prepare_decoding()  # codes kept: the reference for every product below
+    want = [t.matmul(x) for x in xs] + [t.matmul_t(dy), t.dequantize(), t.matmul(xs[0], activations="int16")]
+
+    assert t.prepare_decoding(keep_codes=False) is True
+    assert not t.holds_codes
+    assert t.memory_nbytes == _held_bytes(t) and t.memory_nbytes < t.nbytes + t.decoding_nbytes
+    got = [t.matmul(x) for x in xs] + [t.matmul_t(dy), t.dequantize(), t.matmul(xs[0], activations="int16")]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    after = t.state_dict()
+    assert after.keys() == state.keys()
+    for key in state:
+        np.testing.assert_array_equal(after[key], state[key])
+    t.save_safetensors(tmp_path / "w.safetensors")
+    np.testing.assert_array_equal(NF4Tensor.load_safetensors(tmp_path / "w.safetensors").dequantize(), want[-2])
+
+    assert t.prepare_decoding(keep_codes=True) is True and t.holds_codes  # codes back, layout kept
+    np.testing.assert_array_equal(t.state_dict()["weight"], state["weight"])
+    t.prepare_decoding(keep_codes=False)
+    assert t.prepare_decoding(False) is False and t.holds_codes and t.decoding_nbytes == 0
+    np.testing.assert_array_equal(t.state_dict()["weight"], state["weight"])
+    assert t.memory_nbytes == t.nbytes
+
+
+@needs_kernel
+def test_released_codes_survive_a_level_switch():
+    """Below avx512 the layout's kernel cannot run: products restore the codes, and asking for
+    the layout again there brings the codes back before dropping it (nothing is lost)."""
+    t = _weight(65, 256, seed=17)
+    x = np.random.default_rng(9).standard_normal((1, 256)).astype(np.float32)
+    plain = _weight(65, 256, seed=17)
+    t.prepare_decoding(keep_codes=False)
+    original = _core.simd_level()
+    try:
+        _core.set_simd_level("avx2")
+        np.testing.assert_array_equal(t.matmul(x), plain.matmul(x))
+        assert t.prepare_decoding(keep_codes=False) is False
+        assert t.holds_codes and t.decoding_nbytes == 0
+    finally:
+        _core.set_simd_level(original)
+    np.testing.assert_array_equal(t.state_dict()["weight"], plain.state_dict()["weight"])
+
+
+@needs_kernel
+def test_concurrent_products_while_codes_are_released_and_restored():
+    import threading
+
+    t = _weight(128, 512, seed=19)
+    rng = np.random.default_rng(21)
+    x1, x6 = rng.standard_normal((1, 512)).astype(np.float32), rng.standard_normal((6, 512)).astype(np.float32)
+    w = t.dequantize().astype(np.float64)
+    refs = {1: x1 @ w.T, 6: x6 @ w.T}
+    packed = t.state_dict()["weight"].copy()
+    errors = []
+
+    def worker():
+        for i in range(60):
+            x = x1 if i % 2 else x6
+            if rel_err(t.matmul(x), refs[x.shape[0]]) > TOL:
+                errors.append("wrong product")
+            if not np.array_equal(t.state_dict()["weight"], packed):
+                errors.append("wrong state")
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for i in range(60):
+        t.prepare_decoding(i % 3 != 2, keep_codes=i % 2 == 0)
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+@needs_kernel
+def test_linear_with_released_codes_matches_and_holds_less():
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((96, 256)).astype(np.float32)
+    lin = _core.Linear(w, "nf4", blocksize=64, double_quant=True)
+    ref = _core.Linear(w, "nf4", blocksize=64, double_quant=True)
+    state = lin.nf4_state()
+    x1, x5 = rng.standard_normal((1, 256)).astype(np.float32), rng.standard_normal((5, 256)).astype(np.float32)
+    dy = rng.standard_normal((5, 96)).astype(np.float32)
+    assert lin.prepare_decoding(True, False) is True
+    assert lin.weight_nbytes == ref.weight_nbytes - 96 * 256 // 2 + lin.decoding_nbytes
+    assert rel_err(lin.forward(x1), ref.forward(x1)) <= TOL
+    np.testing.assert_array_equal(lin.forward(x5), ref.forward(x5))
+    np.testing.assert_array_equal(lin.backward(x5, dy), ref.backward(x5, dy))
+    np.testing.assert_array_equal(lin.dequantize_weight(), ref.dequantize_weight())
+    for key, v in state.items():
+        np.testing.assert_array_equal(lin.nf4_state()[key], v)
+    assert lin.prepare_decoding(False) is False and lin.weight_nbytes == ref.weight_nbytes
+
+
+@needs_kernel
+def test_model_with_released_codes_decodes_prefills_trains_and_saves(tmp_path):
+    """The serving configuration: decoding (the layout's kernel), prefill, a training step (codes
+    restored per call) and saving all match the model as loaded."""
+    from ecomllm import Model
+
+    base = _tiny_llama_dir(tmp_path, seed=1)
+    plain = Model.from_pretrained(base, quantize="nf4", blocksize=64)
+    model = Model.from_pretrained(base, quantize="nf4", blocksize=64)
+    assert model.prepare_decoding(keep_codes=False) >= 14
+    rng = np.random.default_rng(2)
+    for t in (1, 3, 6):
+        ids = rng.integers(0, 61, size=(1, t))
+        assert rel_err(model.forward(ids), plain.forward(ids)) <= TOL
+    ids, labels = rng.integers(0, 61, size=(2, 8)), rng.integers(0, 61, size=(2, 8))
+    assert model.forward_backward(ids, labels) == pytest.approx(plain.forward_backward(ids, labels), rel=1e-6)
+    model.save_pretrained(tmp_path / "saved")
+    plain.save_pretrained(tmp_path / "saved_plain")
+    from safetensors.numpy import load_file
+
+    got = load_file(tmp_path / "saved" / "model.safetensors")
+    want = load_file(tmp_path / "saved_plain" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
