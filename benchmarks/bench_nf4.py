@@ -25,8 +25,8 @@ What is measured (benchmarks/README.md describes every field):
   kernel, with the block scales, in place of bitsandbytes' packed codes; ~4.6 bits per weight
   held in all) on twins of the same matrices, in the same alternating passes and counted in the
   same bytes (t.nbytes). gemv_gbs stays the default layout (bitsandbytes', as loaded).
-  gemm_m128_codes_released_vs_held: what prefill pays in that configuration (codes restored per
-  call), as a speed ratio at M=128 timed with the GEMM candidates.
+  gemm_m128_codes_released_vs_held: prefill speed in that configuration relative to bitsandbytes'
+  layout at M=128, timed with the GEMM candidates; details.gemm.<shape>.rows_sweep_ms: 1-64 rows.
 * gemv_int16_* -- the opt-in int16-activation decoding kernel (NF4Tensor.matmul(x,
   activations="int16"): x rounded per 64 elements, exact integer sums, ~1e-4 relative) on the same
   matrices in the same alternating passes. gemv_gbs / gemv_vs_bandwidth stay the exact fp32 kernel.
@@ -536,7 +536,7 @@ class Bench:
         # different thread pools (ours: libgomp, numpy: OpenBLAS, torch: its own libgomp), hence the gap
         times = interleaved_reps(cands, cfg.gemm_min_rounds, cfg.gemm_max_rounds, cfg.gemm_budget_s,
                                  per_block=cfg.gemm_block, gap_s=GAP_S)
-        del wt, released
+        del wt
         t = {name: median(ts) for name, ts in times.items()}
         for name, tm in t.items():
             out[f"{name}_ms"] = tm * 1e3
@@ -553,7 +553,24 @@ class Bench:
         })
         if has_released:
             out["released_codes_s"] = t["ours_nf4_released_codes"]
+            out["rows_sweep_ms"] = self.rows_sweep(key, base, released)
+        del released
         self.details.setdefault("gemm", {})[key] = out
+
+    def rows_sweep(self, key, base, released) -> dict:
+        """Per-call ms for a few rows of x (batched decoding, short prefills): bitsandbytes' layout as
+        loaded vs the serving configuration, alternating; for context (no target)."""
+        np, cfg = self.np, self.cfg
+        K = base.shape[1]
+        sweep = {}
+        for m in (1, 2, 4, 8, 16, 32, 64):
+            X = self.rng.standard_normal((m, K), dtype=np.float32)
+            times = interleaved_reps({"default": lambda: base.matmul(X), "decode_layout": lambda: released.matmul(X)},
+                                     3, 9 if not cfg.quick else 3, 1.0)
+            sweep[f"m{m}"] = {name: median(ts) * 1e3 for name, ts in times.items()}
+        log(f"[{key}] rows sweep (ms, default / decode layout): " +
+            ", ".join(f"{k} {v['default']:.2f}/{v['decode_layout']:.2f}" for k, v in sweep.items()))
+        return sweep
 
     # -- GEMV at M=1: ours and bitsandbytes --------------------------------------------------------
     def gemv(self, key, w, base, wdeq):
@@ -981,8 +998,9 @@ DEFINITIONS = {
     "nf4_held_bits_per_weight": "8 * NF4Tensor.nbytes / weights: bitsandbytes' state as loaded",
     "bnb_gemv_held_bits_per_weight": "8 * bytes of bitsandbytes' weight data (+ scales) per weight for the bnb path "
                                      "timed (after its CPU repacking, for the fused path)",
-    "gemm_m128_codes_released_vs_held": "time at M=128 with the codes held / with them released (restored per "
-                                        "call): < 1 is the prefill cost of the serving configuration",
+    "gemm_m128_codes_released_vs_held": "time at M=128 on bitsandbytes' layout / in the serving configuration "
+                                        "(W panels decoded from the decode layout; codes restored per call on "
+                                        "AMX): > 1, prefill is faster there",
     "quantize_gbs": "1e9 weights quantized per second (median), NF4Tensor.quantize 4096x4096 fp32, blocksize=64, "
                     "double_quant=True",
     "quantize_input_gbs": "the same in 1e9 bytes of fp32 input per second",

@@ -371,7 +371,7 @@ void bind_nn_linear(py::module_& m) {
             return l.prepare_decoding(enabled, keep_codes);
           },
           py::arg("enabled") = true, py::arg("keep_codes") = true,
-          "Builds (or drops) the NF4 weight's decode layout for exact, faster forward passes of 1-3 rows; "
+          "Builds (or drops) the NF4 weight's decode layout for exact, faster forward passes of 1-16 rows; "
           "keep_codes=False releases the packed codes it also holds. Returns whether the layout exists.")
       .def_property_readonly("decoding_nbytes", &Linear::decoding_nbytes)
       .def("dequantize_weight", [](const Linear& l) {

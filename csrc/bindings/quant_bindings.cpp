@@ -115,7 +115,7 @@ class PyNF4Matrix {
   }
 
   // Builds the decode layout (quant/nf4_decode_layout.h) when this weight and CPU support it;
-  // returns whether matmul now uses it for up to 3 rows of x. keep_codes=false then releases
+  // returns whether matmul now uses it for up to 16 rows of x. keep_codes=false then releases
   // the packed codes (the layout holds them too); keep_codes=true brings released codes back.
   // enabled=false drops the layout (restoring released codes first).
   bool prepare_decoding(bool enabled, bool keep_codes) {

@@ -73,7 +73,7 @@ class Linear {
   float* weight_grad() { return trainable_ && dw_ ? dw_->as<float>() : nullptr; }
   const uint16_t* weight_bf16() const;
   const quant::NF4Weight* weight_nf4() const;
-  // The NF4 weight's decode layout (quant/nf4_decode_layout.h): forward passes of up to 3 rows
+  // The NF4 weight's decode layout (quant/nf4_decode_layout.h): forward passes of up to 16 rows
   // (token-by-token decoding) then run its product-table kernel. Returns whether the layer has
   // one after the call: false for other formats, unsupported shapes or CPUs, or enabled = false
   // (which drops it). Replacing the weight drops it too. keep_codes = false releases the NF4

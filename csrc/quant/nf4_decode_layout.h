@@ -75,5 +75,12 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
 // y[64 g ..] for supergroups [g0, g1) (rows past L.rows are not written).
 void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
                      int64_t g0, int64_t g1, float* y);
+// The AVX-512 forward GEMM's W panel straight from the layout: panel[k * 32 + j] = dequant(W)[n0 +
+// j, k0 + k] for j < 32, k < kc (code * block scale, the values dequantize() gives; rows past
+// L.rows are 0). n0 % 32 == 0, k0 % 64 == 0, kc % 64 == 0. A 64-byte chunk holds 16 rows x 8
+// columns, so each looked-up vector is already a half row of the panel: no transpose, ~1/3 of
+// the work of decoding bitsandbytes' rows and packing them.
+constexpr int64_t kDecodePanelRows = 32;
+void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel);
 
 }  // namespace ecomllm::quant

@@ -130,4 +130,28 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
   }
 }
 
+void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel) {
+  const int64_t segments = L.cols / 64, g = n0 / kDecodeRows, first_chunk = (n0 % kDecodeRows) / 16;
+  const __m512 codes = _mm512_loadu_ps(code);
+  const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
+  for (int64_t k = 0; k < kc; k += 64) {
+    const uint8_t* segment = group + (k0 + k) / 64 * kSegmentBytes;
+    const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
+    for (int64_t h = 0; h < 2; ++h) {  // rows n0 + 16 h .. + 15: chunk first_chunk + h of each octet
+      const __m512 scales = _mm512_load_ps(absmax + (first_chunk + h) * 16);
+      float* out = panel + k * kDecodePanelRows + 16 * h;
+      for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
+        const __m512i c = _mm512_load_si512(segment + oo * 256 + (first_chunk + h) * 64);
+        // Column 8 oo + j: byte j / 2 of each row's dword, its high nibble for even j.
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          const __m512i idx = _mm512_srli_epi32(c, 8 * (j / 2) + (j % 2 == 0 ? 4 : 0));
+          _mm512_store_ps(out + (8 * oo + j) * kDecodePanelRows,
+                          _mm512_mul_ps(_mm512_permutexvar_ps(idx, codes), scales));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace ecomllm::quant

@@ -20,8 +20,18 @@ namespace ecomllm::quant {
 namespace {
 
 // Forward: at most this many x rows run as repeated fused GEMVs (W decoded per row of x) before
-// the tiled GEMM (W decoded once per tile into a cache-resident buffer) wins.
+// the tiled GEMM (W decoded once per tile into a cache-resident buffer) wins. With the AVX-512
+// grouped kernel more: the GEMM's 12-row micro-tiles cost the same from 4 to 12 rows. Measured on
+// Zen 4 (2 threads, 4096 x 4096 and 11008 x 4096): AVX-512 by rows 2.1 / 5.9 ms at 4 rows, 4.0 /
+// 11.1 at 8, 5.1 / 12.9 at 10 against 4.9-5.1 / 12.3-12.7 for the GEMM; AVX2 by rows already
+// slower at 4 rows (5.1 / 9.7 against 4.6 / 16.0, 7.5 / 20.2 against 4.7 / 11.5 at 6).
 constexpr int64_t kGemvMaxRows = 3;
+constexpr int64_t kGroupedGemvMaxRows = 8;
+// The decode layout's product-table kernel, one pass per row of x, beats the tiled GEMM up to
+// about this many rows. Measured on Zen 4 (2 threads; 4096 x 4096, 11008 x 4096 and 14336 x 4096
+// weights): at 16 rows 3.6 / 10.3 / 13.0 ms against 6.6 / 17.5 / 23.4 for the GEMM on
+// bitsandbytes' layout, at 32 rows about even.
+constexpr int64_t kDecodeMaxRows = 16;
 constexpr int64_t kForwardKC = 2048;  // K chunk of a forward W tile: NR x 2048 fp32 stays in L2
 // W tiles decoded together (4 x NR x 2048 fp32: 512 KiB at most with AVX2's NR = 16, 1 MiB with
 // AVX-512's 32, in L2). Measured on Zen 3, M = 128 and 1024: 2-5% faster than one tile at a time;
@@ -341,15 +351,21 @@ void gemm_t_amx(const float* dy, int64_t M, int64_t N, int64_t K, const Source& 
   amx_product(M, K, segs, nsegs, dx, accumulate);
 }
 
-// y[M, N] = x[M, K] W^T (+ bias) for a tile source over W[N, K].
+// Where the FMA GEMM's packed W panels come from: the source's row-major tiles packed by
+// kern.pack_panel, or (PanelSource) panels the source writes itself.
+struct DecodeLayoutPanels {  // the decode layout (AVX-512, NR == kDecodePanelRows)
+  const NF4DecodeLayout& L;
+  const float* code;
+  void panel(int64_t n0, int64_t k0, int64_t kc, float* out) const { nf4_decode_panel(L, code, n0, k0, kc, out); }
+};
 template <typename Source>
-void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t K, const Source& src,
-          const float* bias, float* y, const LowRankOutput* extra) {
+concept PanelSource = requires(const Source& s, float* p) { s.panel(int64_t{0}, int64_t{0}, int64_t{0}, p); };
+
+// y[M, N] = x[M, K] W^T (+ bias) with the FMA micro-kernels, for a tile or panel source over W[N, K].
+template <typename Source>
+void gemm_tiled(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t K, const Source& src,
+                const float* bias, float* y, const LowRankOutput* extra) {
   if (extra) check_low_rank(*extra);
-  if (M >= kAmxMinRows && amx_usable()) {
-    gemm_amx(x, M, N, K, src, bias, y, extra);
-    return;
-  }
   const int64_t MR = kern.gemm_mr, NR = kern.gemm_nr, KC = std::min(K, kForwardKC);
   const int64_t panels = (M + MR - 1) / MR;
 
@@ -379,7 +395,8 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   const int64_t G = kForwardGroupTiles;
   parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {  // contiguous tile ranges: balanced to a tile
     // rows: one tile as the source gives it ([NR][KC]); group: the G tiles packed [KC][NR] each.
-    AlignedBuffer rows_buf(sizeof(float) * NR * KC, /*zero=*/true), group_buf(sizeof(float) * G * NR * KC);
+    AlignedBuffer rows_buf = PanelSource<Source> ? AlignedBuffer() : AlignedBuffer(sizeof(float) * NR * KC, true);
+    AlignedBuffer group_buf(sizeof(float) * G * NR * KC);
     AlignedBuffer low_rank_buf(sizeof(float) * G * NR * std::max<int64_t>(r, 1));  // [G][r][NR]
     for (int64_t t_begin = t0; t_begin < t1; t_begin += G) {
       const int64_t t_end = std::min(t1, t_begin + G);
@@ -387,9 +404,14 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
         const int64_t kc = std::min(KC, K - k0);
         for (int64_t t = t_begin; t < t_end; ++t) {
           const int64_t n0 = t * NR, nv = std::min(NR, N - n0);
-          int64_t ld = 0;
-          const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
-          kern.pack_panel(rows, ld, kc, group_buf.as<float>() + (t - t_begin) * NR * KC);
+          float* panel = group_buf.as<float>() + (t - t_begin) * NR * KC;
+          if constexpr (PanelSource<Source>) {
+            src.panel(n0, k0, kc, panel);
+          } else {
+            int64_t ld = 0;
+            const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
+            kern.pack_panel(rows, ld, kc, panel);
+          }
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;
@@ -423,6 +445,18 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
           for (int64_t n = t_begin * NR; n < std::min(N, t_end * NR); ++n) y[m * N + n] += bias[n];
     }
   });
+}
+
+// y[M, N] = x[M, K] W^T (+ bias) for a tile source over W[N, K]: on AMX tiles where they pay.
+template <typename Source>
+void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t K, const Source& src,
+          const float* bias, float* y, const LowRankOutput* extra) {
+  if (M >= kAmxMinRows && amx_usable()) {
+    if (extra) check_low_rank(*extra);
+    gemm_amx(x, M, N, K, src, bias, y, extra);
+    return;
+  }
+  gemm_tiled(kern, x, M, N, K, src, bias, y, extra);
 }
 
 // dx[M, K] (+)= dy[M, N] W for a tile source over W[N, K].
@@ -518,15 +552,22 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
     add_low_rank_rows(*extra, M, W.rows, y);
   };
   // A few rows: one pass over W per row (the decode layout's kernel where it runs, else the
-  // fused GEMV), then the low-rank term; otherwise the tiled GEMM, which fuses the term itself.
-  if (M <= kGemvMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
+  // fused GEMV), then the low-rank term; otherwise the tiled GEMM, which fuses the term itself
+  // (with W panels from the decode layout where there is one: no restored codes needed).
+  if (M <= kDecodeMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
     add_extra_rows();
+    return;
+  }
+  const NF4Kernels& kern = nf4_kernels();
+  if (M > kGemvMaxRows && decode && kern.level == SimdLevel::AVX512 && kern.gemm_nr == kDecodePanelRows &&
+      nf4_decode_kernel_available() && !(M >= kAmxMinRows && amx_usable())) {
+    gemm_tiled(kern, x, M, W.rows, W.cols, DecodeLayoutPanels{*decode, W.code}, bias, y, extra);
     return;
   }
   AlignedBuffer restored;  // W's codes restored from `decode` when its owner released them
   const NF4Matrix Wc = nf4_with_codes(W, decode, restored);
-  const NF4Kernels& kern = nf4_kernels();
-  if (M <= kGemvMaxRows && Wc.rows_group_aligned()) {
+  const bool grouped = kern.gemv_rows_grouped && nf4_gemv_grouped_supported(Wc);
+  if (M <= (grouped ? kGroupedGemvMaxRows : kGemvMaxRows) && Wc.rows_group_aligned()) {
     gemv(kern, x, M, Wc, bias, y);
     add_extra_rows();
     return;

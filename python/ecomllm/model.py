@@ -181,12 +181,13 @@ class Model:
 
         Gives every NF4 projection and the NF4 ``lm_head`` a decode layout of its codes for the
         product-table kernel (see :meth:`ecomllm.quant.NF4Tensor.prepare_decoding`): forward
-        passes of up to 3 tokens then stream the weights at close to memory speed on CPUs with
-        AVX-512 VBMI and VNNI, with the same results to ~1e-6. The layouts take ~4.5 bits per NF4
+        passes of up to 16 tokens then stream the weights at close to memory speed on CPUs with
+        AVX-512 VBMI and VNNI, with the same results to ~1e-6, and longer prefills decode their
+        weight panels from the layout (same bits, faster). The layouts take ~4.5 bits per NF4
         weight (:attr:`decoding_nbytes`). ``keep_codes=True`` keeps bitsandbytes' packed codes
-        as well (training and prefill run as before); ``keep_codes=False`` releases them, for
-        ~4.6 bits per weight held in all instead of ~8.6: the serving setting. Prefill (4+
-        tokens), backward passes, merges and saving then restore each weight's codes per call.
+        as well; ``keep_codes=False`` releases them, for ~4.6 bits per weight held in all
+        instead of ~8.6: the serving setting. Backward passes, merges and saving then restore
+        each weight's codes per call.
         Returns how many layers have a layout (0 for a dense model or where the CPU lacks the
         instructions); ``enabled=False`` drops them, restoring released codes first. Replacing
         a weight (``set_weight``, loading) drops that layer's layout. Not to be called while

@@ -222,7 +222,7 @@ class NF4Tensor:
     def prepare_decoding(self, enabled: bool = True, *, keep_codes: bool = True) -> bool:
         """Lay the codes out for fast exact token-by-token decoding.
 
-        With the decode layout, :meth:`matmul` with up to 3 rows of x runs the product-table
+        With the decode layout, :meth:`matmul` with up to 16 rows of x runs the product-table
         kernel: x becomes tables of ``code[c] * x[k]`` (three byte digits per product, exact to
         ~1e-6 of the fp32 kernel), and each 64 bytes of codes cost 6 byte lookups and 6 integer
         dot products. On Zen 4 it streams the weights at 1.1-1.3x bitsandbytes' bf16 kernel and
@@ -233,11 +233,13 @@ class NF4Tensor:
         ``keep_codes=True`` (default) keeps bitsandbytes' packed codes too: ~4.13 + 4.5 bits per
         weight, and every other path runs as before. ``keep_codes=False`` releases them, since
         the layout holds the same codes (bitsandbytes' CPU inference path likewise repacks in
-        place): ~4.6 bits per weight held in all (:attr:`memory_nbytes`). The paths that read
-        bitsandbytes' layout (matmuls of 4+ rows, :meth:`matmul_t`, :meth:`dequantize`,
-        :meth:`state_dict`, int16 activations) then restore a transient copy of the codes per
-        call (~1-3 ms per 4096 x 4096 weight), so it suits serving, not training. Calling again
-        with ``keep_codes=True`` brings the codes back.
+        place): ~4.6 bits per weight held in all (:attr:`memory_nbytes`). Matmuls of more rows
+        then decode their weight panels straight from the layout (bit-identical to
+        bitsandbytes' layout, and faster); the paths that read bitsandbytes' layout
+        (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16 activations, matmuls on
+        AMX tiles) restore a transient copy of the codes per call (~1-3 ms per 4096 x 4096
+        weight), so it suits serving more than training. Calling again with ``keep_codes=True``
+        brings the codes back.
 
         Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a CPU with
         AVX-512 VBMI and VNNI (at the ``avx512`` level). Returns whether the layout is in use

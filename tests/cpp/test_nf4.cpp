@@ -397,8 +397,10 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
 }
 
 // A weight whose owner released its packed codes: the layout restores them byte for byte, and
-// the products that read bitsandbytes' layout (GEMM rows, backward) give the same bits from the
-// restored codes as from the originals; without codes or a layout they refuse.
+// the products give the same bits as with the codes held: the GEMM (40 rows: W panels decoded
+// from the layout, or restored codes on AMX) as on bitsandbytes' layout, the backward from
+// restored codes, 5 rows through the layout's kernel either way. Without codes or a layout,
+// ValueError.
 TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
   for (const int64_t N : {1, 65, 130}) {
     const Weight w = make_weight(N, 192, 64, true, 71);
@@ -409,12 +411,15 @@ TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
 
     NF4Matrix released = w.m;
     released.packed = nullptr;
-    const int64_t M = 5;
+    const int64_t M = 40;
     const std::vector<float> x = random_normal(M * 192, 73), dy = random_normal(M * N, 79);
     std::vector<float> y(M * N), y_released(M * N), dx(M * 192), dx_released(M * 192);
     nf4_matmul(x.data(), M, w.m, nullptr, y.data());
     nf4_matmul(x.data(), M, released, nullptr, y_released.data(), nullptr, &L);
     EXPECT_EQ(0, std::memcmp(y.data(), y_released.data(), y.size() * sizeof(float)));
+    nf4_matmul(x.data(), 5, w.m, nullptr, y.data(), nullptr, &L);
+    nf4_matmul(x.data(), 5, released, nullptr, y_released.data(), nullptr, &L);
+    EXPECT_EQ(0, std::memcmp(y.data(), y_released.data(), 5 * N * sizeof(float)));
     nf4_matmul_t(dy.data(), M, w.m, dx.data());
     nf4_matmul_t(dy.data(), M, released, dx_released.data(), false, nullptr, &L);
     EXPECT_EQ(0, std::memcmp(dx.data(), dx_released.data(), dx.size() * sizeof(float)));
