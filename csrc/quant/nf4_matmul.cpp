@@ -28,9 +28,10 @@ namespace {
 constexpr int64_t kGemvMaxRows = 3;
 constexpr int64_t kGroupedGemvMaxRows = 8;
 // The decode layout's product-table kernel, one pass per row of x, beats the tiled GEMM up to
-// about this many rows. Measured on Zen 4 (2 threads; 4096 x 4096, 11008 x 4096 and 14336 x 4096
-// weights): at 16 rows 3.6 / 10.3 / 13.0 ms against 6.6 / 17.5 / 23.4 for the GEMM on
-// bitsandbytes' layout, at 32 rows about even.
+// about this many rows, even when every pass streams W from DRAM. Measured on Zen 4 (2 threads):
+// 4096 x 4096 in cache, 16 rows 3.6 ms against 6.6 for the GEMM on bitsandbytes' layout (11008 x
+// 4096: 10.3 against 17.5); 12 distinct 4096 x 4096 matrices streamed, 3.4 ms per matrix at 16
+// rows against 5.3 for the GEMM on panels from the layout, even at 24 rows.
 constexpr int64_t kDecodeMaxRows = 16;
 constexpr int64_t kForwardKC = 2048;  // K chunk of a forward W tile: NR x 2048 fp32 stays in L2
 // W tiles decoded together (4 x NR x 2048 fp32: 512 KiB at most with AVX2's NR = 16, 1 MiB with
