@@ -166,6 +166,8 @@ def test_unsupported_weights_and_unavailable_cpus_change_nothing():
         x = np.ones((1, t.shape[1]), np.float32)
         y = t.matmul(x)
         assert t.prepare_decoding() is False and t.decoding_nbytes == 0
+        assert t.prepare_decoding(keep_codes=False) is False and t.holds_codes  # nothing released
+        assert t.memory_nbytes == t.nbytes
         np.testing.assert_array_equal(t.matmul(x), y)
     one_d = NF4Tensor.quantize(np.ones(128, np.float32))
     with pytest.raises(ValueError, match="2-D"):
@@ -178,6 +180,7 @@ def test_unavailable_changes_nothing():
         _core.set_simd_level("scalar")
         t = _weight(64, 128)
         assert t.prepare_decoding() is False and t.decoding_nbytes == 0
+        assert t.prepare_decoding(keep_codes=False) is False and t.holds_codes
     finally:
         _core.set_simd_level(original)
     t = _weight(64, 128)
