@@ -137,12 +137,12 @@ class PyNF4Matrix {
     }
     if (!decode_) {
       std::shared_ptr<quant::NF4DecodeLayout> built;
-      const NF4Matrix W = m_;
+      const Codes codes = current_codes();  // keeps the packed codes alive if another thread releases them
       {
         py::gil_scoped_release release;
-        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(W));
+        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(codes.W));
       }
-      decode_ = std::move(built);
+      if (!decode_) decode_ = std::move(built);  // another thread may have built one meanwhile
     }
     if (!keep_codes && holds_codes()) {
       packed_ = py::none();

@@ -89,7 +89,8 @@ class NF4Tensor:
     def __init__(self, packed: np.ndarray, absmax: np.ndarray | None, shape: tuple[int, ...], blocksize: int,
                  dtype: str = "float32", quant_map: np.ndarray | None = None,
                  double_quant: _DoubleQuant | None = None):
-        self._packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+        # The packed codes are held by the core alone, which can release them (prepare_decoding).
+        packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
         self._absmax = None if absmax is None else np.ascontiguousarray(absmax, dtype=np.float32)
         self._shape = tuple(int(d) for d in shape)
         self._blocksize = int(blocksize)
@@ -104,10 +105,10 @@ class NF4Tensor:
         # The core validates sizes, dtypes and finiteness; a 1-D tensor is viewed as [1, n].
         rows, cols = (self._shape[0], numel // self._shape[0]) if len(self._shape) >= 2 else (1, numel)
         if double_quant is None:
-            self._core = _core.NF4Matrix(self._packed, rows, cols, self._blocksize, self._quant_map,
+            self._core = _core.NF4Matrix(packed, rows, cols, self._blocksize, self._quant_map,
                                          absmax=self._absmax)
         else:
-            self._core = _core.NF4Matrix(self._packed, rows, cols, self._blocksize, self._quant_map,
+            self._core = _core.NF4Matrix(packed, rows, cols, self._blocksize, self._quant_map,
                                          qabsmax=double_quant.qabsmax, nested_absmax=double_quant.nested_absmax,
                                          nested_code=double_quant.nested_code, offset=double_quant.offset)
 
@@ -175,7 +176,7 @@ class NF4Tensor:
     def memory_nbytes(self) -> int:
         """Bytes held in memory now: :attr:`nbytes`, less the packed codes once released by
         ``prepare_decoding(keep_codes=False)``, plus :attr:`decoding_nbytes`."""
-        released = 0 if self._packed is not None else (self.numel + 1) // 2
+        released = 0 if self.holds_codes else (self.numel + 1) // 2
         return self.nbytes - released + self.decoding_nbytes
 
     @property
@@ -249,14 +250,12 @@ class NF4Tensor:
         State dicts and files are unaffected (bitsandbytes' layout, byte for byte).
         """
         self._require_2d()
-        used = bool(self._core.prepare_decoding(bool(enabled), bool(keep_codes)))
-        self._packed = self._core.packed_codes() if self._core.holds_codes else None
-        return used
+        return bool(self._core.prepare_decoding(bool(enabled), bool(keep_codes)))
 
     @property
     def holds_codes(self) -> bool:
         """Whether bitsandbytes' packed codes are held (False after ``prepare_decoding(keep_codes=False)``)."""
-        return self._packed is not None
+        return bool(self._core.holds_codes)
 
     @property
     def decoding_nbytes(self) -> int:
@@ -281,7 +280,7 @@ class NF4Tensor:
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         """bitsandbytes ``Linear4bit`` state-dict entries for this weight, keys ``{prefix}weight...``."""
         w = prefix + "weight"
-        packed = self._packed if self._packed is not None else self._core.packed_codes()
+        packed = self._core.packed_codes()  # the held array, or restored from the decode layout
         sd = {
             w: packed.reshape(-1, 1),
             f"{w}.quant_map": self._quant_map,

@@ -318,14 +318,19 @@ def test_concurrent_products_while_codes_are_released_and_restored():
             if not np.array_equal(t.state_dict()["weight"], packed):
                 errors.append("wrong state")
 
+    def toggler(shift):  # two of these race each other: building, releasing, restoring, dropping
+        for i in range(60):
+            t.prepare_decoding((i + shift) % 3 != 2, keep_codes=(i + shift) % 2 == 0)
+
     threads = [threading.Thread(target=worker) for _ in range(3)]
+    threads += [threading.Thread(target=toggler, args=(k,)) for k in (0, 1)]
     for th in threads:
         th.start()
-    for i in range(60):
-        t.prepare_decoding(i % 3 != 2, keep_codes=i % 2 == 0)
     for th in threads:
         th.join()
     assert not errors
+    assert t.holds_codes or t.decoding_nbytes > 0  # never both gone
+    np.testing.assert_array_equal(t.state_dict()["weight"], packed)
 
 
 @needs_kernel
