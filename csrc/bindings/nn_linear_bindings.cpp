@@ -372,7 +372,8 @@ void bind_nn_linear(py::module_& m) {
           },
           py::arg("enabled") = true, py::arg("keep_codes") = true,
           "Builds (or drops) the NF4 weight's decode layout for exact, faster forward passes of 1-16 rows; "
-          "keep_codes=False releases the packed codes it also holds. Returns whether the layout exists.")
+          "keep_codes=False releases the packed codes it also holds. Returns whether the layout exists. Not to be "
+          "called while another thread runs forward / backward on this layer.")
       .def_property_readonly("decoding_nbytes", &Linear::decoding_nbytes)
       .def("dequantize_weight", [](const Linear& l) {
         auto out = new_array<float>({l.out_features(), l.in_features()});

@@ -159,8 +159,10 @@ class PyNF4Matrix {
     auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(m_.numel())});
     uint8_t* dst = packed.mutable_data();
     const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
-    py::gil_scoped_release release;
-    quant::nf4_restore_packed(*decode, dst);
+    {
+      py::gil_scoped_release release;
+      quant::nf4_restore_packed(*decode, dst);
+    }
     return packed;
   }
 
@@ -336,9 +338,10 @@ void bind_quant(py::module_& m) {
            "GEMV (x rounded per 64 elements; ~1e-4 relative difference; for a few rows of x).")
       .def("prepare_decoding", &PyNF4Matrix::prepare_decoding, py::arg("enabled") = true,
            py::arg("keep_codes") = true,
-           "Build (or with enabled=False drop) the repacked copy of the codes that the product-table M = 1 kernel "
-           "reads; returns whether matmul uses it (needs in_features and blocksize multiples of 64, and AVX-512 "
-           "VBMI + VNNI at the avx512 level). keep_codes=False releases the packed codes (the layout holds them).")
+           "Build (or with enabled=False drop) the decode layout that the product-table kernel (1-16 rows of x) "
+           "and the forward GEMM read; returns whether matmul uses it (needs in_features and blocksize multiples "
+           "of 64, and AVX-512 VBMI + VNNI at the avx512 level). keep_codes=False releases the packed codes (the "
+           "layout holds them).")
       .def_property_readonly("holds_codes", &PyNF4Matrix::holds_codes,
                              "Whether the packed codes are held (False after prepare_decoding(keep_codes=False)).")
       .def("packed_codes", &PyNF4Matrix::packed_codes,

@@ -77,7 +77,8 @@ class Linear {
   // (token-by-token decoding) then run its product-table kernel. Returns whether the layer has
   // one after the call: false for other formats, unsupported shapes or CPUs, or enabled = false
   // (which drops it). Replacing the weight drops it too. keep_codes = false releases the NF4
-  // weight's packed codes, which the layout also holds (quant::NF4Weight::prepare_decoding).
+  // weight's packed codes, which the layout also holds (quant::NF4Weight::prepare_decoding). Not
+  // thread-safe against forward / backward running on the layer (they use the codes unlocked).
   bool prepare_decoding(bool enabled, bool keep_codes = true);
   int64_t decoding_nbytes() const;
   void dequantize_weight(float* out) const;  // [out, in] fp32 of whatever the layer computes with

@@ -1,8 +1,10 @@
-// An optional second copy of an NF4 matrix's codes, laid out for the product-table M = 1 kernel:
-// exact (~3e-7 of fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed
-// on AVX-512 CPUs with VBMI and VNNI, for +4.5 bits per weight of memory.
+// An NF4 matrix's codes (and block scales) laid out for the product-table kernel: exact (~3e-7 of
+// fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed on AVX-512 CPUs
+// with VBMI and VNNI, ~4.5 bits per weight. Its owner keeps it as a second copy of the codes or,
+// releasing bitsandbytes' packed codes, as the only one (nf4_restore_packed gives them back).
+// The forward GEMM also reads its W panels from it (nf4_decode_panel).
 //
-// Why a copy: the table kernel looks products up 64 bytes at a time with one table for all of
+// Why a layout of its own: the table kernel looks products up 64 bytes at a time with one table for all of
 // them, so a 64-byte load must hold the same 8 columns (an "octet") of 16 rows; bitsandbytes'
 // row-major layout holds 128 columns of one row. Transposing on the fly costs as much as the
 // lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp). Streaming the copy from DRAM
@@ -77,7 +79,7 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
                      int64_t g0, int64_t g1, float* y);
 // The AVX-512 forward GEMM's W panel straight from the layout: panel[k * 32 + j] = dequant(W)[n0 +
 // j, k0 + k] for j < 32, k < kc (code * block scale, the values dequantize() gives; rows past
-// L.rows are 0). n0 % 32 == 0, k0 % 64 == 0, kc % 64 == 0. A 64-byte chunk holds 16 rows x 8
+// L.rows are -0.0: code[0] * a zero scale). n0 % 32 == 0, k0 % 64 == 0, kc % 64 == 0. A 64-byte chunk holds 16 rows x 8
 // columns, so each looked-up vector is already a half row of the panel: no transpose, ~1/3 of
 // the work of decoding bitsandbytes' rows and packing them.
 constexpr int64_t kDecodePanelRows = 32;

@@ -152,7 +152,7 @@ const uint8_t* NF4Weight::packed_codes(AlignedBuffer& storage) const {
 bool NF4Weight::prepare_decoding(bool enabled, bool keep_codes) {
   const bool keep_layout = enabled && nf4_decode_layout_useful(m_);
   if (!holds_codes() && (!keep_layout || keep_codes)) {  // the codes come back before the layout may go
-    packed_ = AlignedBuffer(static_cast<size_t>(nf4_packed_bytes(m_.numel())));
+    packed_ = AlignedBuffer::with_huge_pages(static_cast<size_t>(nf4_packed_bytes(m_.numel())), false);
     nf4_restore_packed(*decode_, packed_.as<uint8_t>());
     m_.packed = packed_.as<uint8_t>();
   }

@@ -36,7 +36,8 @@ class NF4Weight {
                             const float* absmax, const uint8_t* qabsmax, const float* nested_absmax,
                             const float* nested_code, float offset);
 
-  // The kernels' view. Its `packed` is null after release_codes (pass decode_layout() along:
+  // The kernels' view. Its `packed` is null after prepare_decoding(true, false) (pass
+  // decode_layout() along:
   // nf4_matmul / nf4_matmul_t restore what they need from it).
   NF4Matrix view() const { return m_; }
   // Token-by-token decoding (quant/nf4_decode_layout.h). enabled: builds the decode layout where

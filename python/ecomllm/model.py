@@ -197,7 +197,7 @@ class Model:
 
     @property
     def decoding_nbytes(self) -> int:
-        """Bytes held by the decoding copies of :meth:`prepare_decoding`."""
+        """Bytes held by the decode layouts of :meth:`prepare_decoding`."""
         return int(self._core.decoding_nbytes())
 
     # ---- adapters -----------------------------------------------------------------------

@@ -175,7 +175,9 @@ class NF4Tensor:
     @property
     def memory_nbytes(self) -> int:
         """Bytes held in memory now: :attr:`nbytes`, less the packed codes once released by
-        ``prepare_decoding(keep_codes=False)``, plus :attr:`decoding_nbytes`."""
+        ``prepare_decoding(keep_codes=False)``, plus :attr:`decoding_nbytes`. (Released codes are
+        freed once nothing else refers to their array: :meth:`from_state_dict` shares the
+        caller's arrays, and :meth:`state_dict` returns the held one, read-only.)"""
         released = 0 if self.holds_codes else (self.numel + 1) // 2
         return self.nbytes - released + self.decoding_nbytes
 
@@ -234,13 +236,14 @@ class NF4Tensor:
         ``keep_codes=True`` (default) keeps bitsandbytes' packed codes too: ~4.13 + 4.5 bits per
         weight, and every other path runs as before. ``keep_codes=False`` releases them, since
         the layout holds the same codes (bitsandbytes' CPU inference path likewise repacks in
-        place): ~4.6 bits per weight held in all (:attr:`memory_nbytes`). Matmuls of more rows
-        then decode their weight panels straight from the layout (bit-identical to
-        bitsandbytes' layout, and faster); the paths that read bitsandbytes' layout
-        (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16 activations, matmuls on
-        AMX tiles) restore a transient copy of the codes per call (~1-3 ms per 4096 x 4096
-        weight), so it suits serving more than training. Calling again with ``keep_codes=True``
-        brings the codes back.
+        place): ~4.6 bits per weight held in all with double quantization, ~5.0 without
+        (:attr:`memory_nbytes`). Matmuls of more rows then decode their weight panels straight
+        from the layout (bit-identical to bitsandbytes' layout, and faster); the paths that read
+        bitsandbytes' layout (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16
+        activations, matmuls on AMX tiles, 1-3 rows the table kernel refuses, every matmul below
+        the ``avx512`` level) restore a transient copy of the codes per call (~1-3 ms per 4096 x
+        4096 weight), so it suits serving more than training. Calling again with
+        ``keep_codes=True`` brings the codes back.
 
         Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a CPU with
         AVX-512 VBMI and VNNI (at the ``avx512`` level). Returns whether the layout is in use
@@ -259,7 +262,7 @@ class NF4Tensor:
 
     @property
     def decoding_nbytes(self) -> int:
-        """Bytes held by the decoding copy of :meth:`prepare_decoding` (0 when there is none)."""
+        """Bytes held by the decode layout of :meth:`prepare_decoding` (0 when there is none)."""
         return int(self._core.decoding_nbytes)
 
     @property
@@ -280,9 +283,12 @@ class NF4Tensor:
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         """bitsandbytes ``Linear4bit`` state-dict entries for this weight, keys ``{prefix}weight...``."""
         w = prefix + "weight"
-        packed = self._core.packed_codes()  # the held array, or restored from the decode layout
+        # The held array (read-only: writing to it would set the codes apart from the decode
+        # layout's copy), or one restored from the layout.
+        packed = self._core.packed_codes().reshape(-1, 1)
+        packed.flags.writeable = False
         sd = {
-            w: packed.reshape(-1, 1),
+            w: packed,
             f"{w}.quant_map": self._quant_map,
         }
         meta = {"quant_type": "nf4", "blocksize": self._blocksize, "dtype": self._dtype, "shape": list(self._shape)}

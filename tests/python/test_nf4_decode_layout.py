@@ -239,7 +239,7 @@ def _held_bytes(t):
 
 @needs_kernel
 @pytest.mark.parametrize("n,k,bs,dq", [(1, 64, 64, True), (65, 4096, 64, False), (130, 192, 128, True),
-                                       (70, 192, 512, False)])
+                                       (70, 192, 512, False), (40, 2112, 64, True), (33, 128, 4096, True)])
 def test_released_codes_change_no_result_and_no_byte_of_the_state(n, k, bs, dq, tmp_path):
     """Every path gives the same bits with the codes released as with them held (the 1-3 row
     kernel reads the same layout; the others read codes restored byte for byte), and the state
@@ -264,6 +264,14 @@ def test_released_codes_change_no_result_and_no_byte_of_the_state(n, k, bs, dq, 
         assert rel_err(g, ref) <= TOL
         if x.shape[0] > 16:  # the GEMM: W panels decoded from the layout give the same bits
             np.testing.assert_array_equal(g, plain.matmul(x))
+    for x in (xs[0], xs[2]):  # rows the table kernel refuses: restored codes (1-3 rows), panels (4+)
+        bad = x.copy()
+        bad[0, 0] = np.inf
+        got_bad, want_bad = t.matmul(bad), plain.matmul(bad)
+        np.testing.assert_array_equal(np.isnan(got_bad), np.isnan(want_bad))
+        np.testing.assert_array_equal(got_bad[0][~np.isnan(got_bad[0])], want_bad[0][~np.isnan(want_bad[0])])
+        if x.shape[0] > 1:  # the other rows: panel GEMM here, the grouped GEMV row by row there
+            assert rel_err(got_bad[1:], want_bad[1:]) <= TOL
     after = t.state_dict()
     assert after.keys() == state.keys()
     for key in state:
@@ -352,6 +360,11 @@ def test_linear_with_released_codes_matches_and_holds_less():
     np.testing.assert_array_equal(lin.dequantize_weight(), ref.dequantize_weight())
     for key, v in state.items():
         np.testing.assert_array_equal(lin.nf4_state()[key], v)
+    for layer in (lin, ref):  # the LoRA term rides along in both paths: the row kernel and the GEMM
+        layer.add_adapter("a", 4, 8.0, seed=1)
+        layer.set_lora("a", np.full((4, 256), 0.01, np.float32), np.full((96, 4), 0.02, np.float32))
+    assert rel_err(lin.forward(x5), ref.forward(x5)) <= TOL
+    np.testing.assert_array_equal(lin.forward(x40), ref.forward(x40))
     assert lin.prepare_decoding(False) is False and lin.weight_nbytes == ref.weight_nbytes
 
 
@@ -366,11 +379,22 @@ def test_model_with_released_codes_decodes_prefills_trains_and_saves(tmp_path):
     model = Model.from_pretrained(base, quantize="nf4", blocksize=64)
     assert model.prepare_decoding(keep_codes=False) >= 14
     rng = np.random.default_rng(2)
-    for t in (1, 3, 6):
-        ids = rng.integers(0, 61, size=(1, t))
-        assert rel_err(model.forward(ids), plain.forward(ids)) <= TOL
-    ids, labels = rng.integers(0, 61, size=(2, 8)), rng.integers(0, 61, size=(2, 8))
-    assert model.forward_backward(ids, labels) == pytest.approx(plain.forward_backward(ids, labels), rel=1e-6)
+    def compare():
+        for t in (1, 3, 6, 40):  # the row kernel up to 16 tokens, then the GEMM on panels from the layout
+            ids = rng.integers(0, 61, size=(1, t))
+            assert rel_err(model.forward(ids), plain.forward(ids)) <= TOL
+        ids, labels = rng.integers(0, 61, size=(2, 20)), rng.integers(0, 61, size=(2, 20))
+        assert model.forward_backward(ids, labels) == pytest.approx(plain.forward_backward(ids, labels), rel=1e-6)
+
+    compare()
+    from ecomllm import LoraConfig
+
+    for m in (model, plain):
+        m.add_lora(LoraConfig(r=4, alpha=8, seed=1))
+        for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"):
+            A, B = m.lora_weights(name)
+            m.set_lora_weights(name, A, np.full(B.shape, 0.05, np.float32))
+    compare()
     model.save_pretrained(tmp_path / "saved")
     plain.save_pretrained(tmp_path / "saved_plain")
     from safetensors.numpy import load_file
