@@ -17,16 +17,18 @@ What is measured (benchmarks/README.md describes every field):
 
 * read_bandwidth_gbs -- STREAM-style multi-threaded read of a >= 1 GiB buffer (best of N, at the
   start and again at the end of the run, max taken): the physical limit for token-by-token decoding.
-* gemv_* -- ecomllm's fused NF4 M=1 kernel cycled over >= 1 GiB of distinct NF4 matrices
-  (double_quant=True, blocksize=64) so the last-level cache does not flatter it, in bytes of
-  quantized storage (NF4Tensor.nbytes) read per second (median pass).
-* gemv_decode_layout_* -- the opt-in decode layout in its serving configuration
-  (NF4Tensor.prepare_decoding(keep_codes=False): the codes repacked for the exact product-table
-  kernel, with the block scales, in place of bitsandbytes' packed codes; ~4.6 bits per weight
-  held in all) on twins of the same matrices, in the same alternating passes and counted in the
-  same bytes (t.nbytes). gemv_gbs stays the default layout (bitsandbytes', as loaded).
-  gemm_m128_codes_released_vs_held: prefill speed in that configuration relative to bitsandbytes'
-  layout at M=128, timed with the GEMM candidates; details.gemm.<shape>.rows_sweep_ms: 1-64 rows.
+* gemv_* -- ecomllm's fused NF4 M=1 path as NF4Tensor runs it by default, cycled over >= 1 GiB of
+  distinct NF4 matrices (double_quant=True, blocksize=64) so the last-level cache does not
+  flatter it, in bytes of quantized storage (NF4Tensor.nbytes) read per second (median pass).
+  With the default decoding policy (ecomllm.quant.set_decoding_policy) a tensor's first matmul of
+  1-16 rows lays its codes out for the exact product-table kernel, in place of bitsandbytes'
+  packed codes, where the CPU has AVX-512 VBMI + VNNI (gemv_layout says which ran; ~4.6 bits per
+  weight held, gemv_held_bits_per_weight).
+* gemv_bnb_layout_* -- the kernel over bitsandbytes' layout (prepare_decoding(False)) on the same
+  matrices in the same alternating passes: the default where the decode layout does not apply.
+  gemm_m128_codes_released_vs_held: prefill speed with the codes released (W panels from the
+  decode layout) relative to bitsandbytes' layout at M=128, timed with the GEMM candidates;
+  details.gemm.<shape>.rows_sweep_ms: 1-64 rows.
 * gemv_int16_* -- the opt-in int16-activation decoding kernel (NF4Tensor.matmul(x,
   activations="int16"): x rounded per 64 elements, exact integer sums, ~1e-4 relative) on the same
   matrices in the same alternating passes. gemv_gbs / gemv_vs_bandwidth stay the exact fp32 kernel.
@@ -514,8 +516,10 @@ class Bench:
             with torch.no_grad():
                 return tX @ tW.t()
 
-        # the serving configuration (prepare_decoding(keep_codes=False)): prefill restores the codes
+        # base: bitsandbytes' layout throughout (its few-row calls below must not lay it out); released:
+        # the decode layout with the codes released, what the default decoding policy gives
         released = self.NF4Tensor.from_state_dict(base.state_dict())
+        base.prepare_decoding(False)
         has_released = released.prepare_decoding(keep_codes=False)
         cands = {
             "ours_nf4": lambda: base.matmul(X),
@@ -558,18 +562,18 @@ class Bench:
         self.details.setdefault("gemm", {})[key] = out
 
     def rows_sweep(self, key, base, released) -> dict:
-        """Per-call ms for a few rows of x (batched decoding, short prefills): bitsandbytes' layout as
-        loaded vs the serving configuration, alternating; for context (no target)."""
+        """Per-call ms for a few rows of x (batched decoding, short prefills): bitsandbytes' layout vs
+        the decode layout with the codes released, alternating; for context (no target)."""
         np, cfg = self.np, self.cfg
         K = base.shape[1]
         sweep = {}
         for m in (1, 2, 4, 8, 16, 32, 64):
             X = self.rng.standard_normal((m, K), dtype=np.float32)
-            times = interleaved_reps({"default": lambda: base.matmul(X), "decode_layout": lambda: released.matmul(X)},
+            times = interleaved_reps({"bnb_layout": lambda: base.matmul(X), "decode_layout": lambda: released.matmul(X)},
                                      3, 9 if not cfg.quick else 3, 1.0)
             sweep[f"m{m}"] = {name: median(ts) * 1e3 for name, ts in times.items()}
-        log(f"[{key}] rows sweep (ms, default / decode layout): " +
-            ", ".join(f"{k} {v['default']:.2f}/{v['decode_layout']:.2f}" for k, v in sweep.items()))
+        log(f"[{key}] rows sweep (ms, bitsandbytes' layout / decode layout): " +
+            ", ".join(f"{k} {v['bnb_layout']:.2f}/{v['decode_layout']:.2f}" for k, v in sweep.items()))
         return sweep
 
     # -- GEMV at M=1: ours and bitsandbytes --------------------------------------------------------
@@ -596,6 +600,10 @@ class Bench:
             d["weight"] = np.roll(sd["weight"].reshape(-1), i * ROLL_STEP).reshape(sd["weight"].shape)
             d["weight.absmax"] = np.roll(sd["weight.absmax"], i * 7)
             mats.append(NF4Tensor.from_state_dict(d))
+        # twins with the default decoding policy share these arrays (made before anything is released)
+        twins = [NF4Tensor.from_state_dict(m.state_dict()) for m in mats]
+        for m in mats:                               # these stay in bitsandbytes' layout
+            m.prepare_decoding(False)
         err = rel_err(mats[0].matmul(x1), ref1)
         last = mats[-1]
         err_last = rel_err(last.matmul(x1), x1 @ last.dequantize().T)
@@ -621,22 +629,22 @@ class Bench:
                     m.matmul(x1, activations="int16")
 
             passes["ours_int16"] = ours_int16_pass
-        # the decode layout in its serving configuration (NF4Tensor.prepare_decoding(keep_codes=False):
-        # the layout replaces the packed codes): twins of the same matrices that share their scale
-        # arrays, timed in the same alternating passes
+        # the default decoding policy: the twins' first matmul of one row lays their codes out for
+        # decoding (prepare_decoding(keep_codes=False)) where this CPU runs the layout's kernels;
+        # elsewhere they stay in bitsandbytes' layout and are not timed twice
         err_decode, decode_bytes, held_bytes, dmats = None, 0, 0, []
-        if base.prepare_decoding():
-            base.prepare_decoding(False)
-            dmats = [NF4Tensor.from_state_dict(m.state_dict()) for m in mats]
-            for m in dmats:
-                m.prepare_decoding(keep_codes=False)
+        err_twins = max(rel_err(twins[0].matmul(x1), ref1), rel_err(twins[-1].matmul(x1), x1 @ last.dequantize().T))
+        for t in twins[1:-1]:
+            t.matmul(x1)
+        if all(t.decoding_nbytes for t in twins):
+            dmats, err_decode = twins, err_twins
             decode_bytes, held_bytes = dmats[0].decoding_nbytes, dmats[0].memory_nbytes
-            err_decode = max(rel_err(dmats[0].matmul(x1), ref1),
-                             rel_err(dmats[-1].matmul(x1), x1 @ last.dequantize().T))
             if not err_decode <= TOL_FP32:
                 raise RuntimeError(f"our decoding-layout GEMV is wrong: relative max error {err_decode:.3g}")
-            log(f"[{key}] ours decode layout: +{decode_bytes / MIB:.2f} MiB per matrix, error {err_decode:.2g}")
-
+            log(f"[{key}] ours decode layout (the default policy here): {held_bytes / MIB:.2f} MiB held per "
+                f"matrix, error {err_decode:.2g}")
+        del twins
+        if dmats:
             def ours_decode_pass():
                 for m in dmats:
                     m.matmul(x1)
@@ -859,56 +867,51 @@ class Bench:
             res["read_bandwidth_gbs"] = best_v
             res["read_bandwidth_method"] = best_m
             det["read_bandwidth_runs"] = self.bw_runs
-        # our GEMV
+        # our GEMV: g per shape over bitsandbytes' layout; gd the decode layout, where it ran
         g = det.get("gemv", {})
-        for key, d in g.items():
-            res[f"gemv_gbs_{key}"] = d["gbs_median"]
-            res[f"gemv_ms_{key}"] = d["ms_per_call_median"]
+        gd = {k: d["decode_layout"] for k, d in g.items() if "decode_layout" in d}
+        layout_ran = bool(g) and len(gd) == len(g)
+        # what the default decoding policy runs: the decode layout where this CPU has it
+        default = gd if layout_ran else g
+        res["gemv_layout"] = "decode layout (codes released)" if layout_ran else "bitsandbytes"
+
+        def combined_gbs(per_shape: dict, field: str):
+            if not per_shape or not all(d.get(field) for d in per_shape.values()):
+                return None
+            return sum(g[k]["nbytes_per_matrix"] for k in per_shape) / \
+                sum(d[field] * 1e-3 for d in per_shape.values()) / 1e9
+
+        bw = res.get("read_bandwidth_gbs")
+        for prefix, per_shape in (("gemv", default), ("gemv_bnb_layout", g)):
+            for key, d in per_shape.items():
+                res[f"{prefix}_gbs_{key}"] = g[key]["nbytes_per_matrix"] / (d["ms_per_call_median"] * 1e-3) / 1e9
+                res[f"{prefix}_ms_{key}"] = d["ms_per_call_median"]
+            res[f"{prefix}_gbs"] = combined_gbs(per_shape, "ms_per_call_median")
+            res[f"{prefix}_cache_hot_gbs"] = combined_gbs(per_shape, "ms_per_call_cache_hot")
+            if per_shape:
+                res[f"{prefix}_max_rel_err"] = max(d["max_rel_err"] for d in per_shape.values())
+            for f in ("gbs", "cache_hot_gbs"):
+                if res.get(f"{prefix}_{f}") and bw:
+                    res[f"{prefix}_{f.replace('gbs', '')}vs_bandwidth"] = res[f"{prefix}_{f}"] / bw
         if g:
-            res["gemv_gbs"] = sum(d["nbytes_per_matrix"] for d in g.values()) / \
-                sum(d["ms_per_call_median"] * 1e-3 for d in g.values()) / 1e9
-            res["gemv_gbs_mean_of_shapes"] = sum(d["gbs_median"] for d in g.values()) / len(g)
             res["gemv_working_set_bytes"] = min(d["working_set_bytes"] for d in g.values())
             res["gemv_shapes"] = list(g)
-        if res.get("gemv_gbs") and res.get("read_bandwidth_gbs"):
-            res["gemv_vs_bandwidth"] = res["gemv_gbs"] / res["read_bandwidth_gbs"]
-        # the same kernel on one matrix that stays in the last-level cache: what the decode itself
-        # allows without DRAM; below 0.85 x read bandwidth the kernel, not memory, is the limit
-        hot = {k: d for k, d in g.items() if d.get("ms_per_call_cache_hot")}
-        if hot and len(hot) == len(g):
-            res["gemv_cache_hot_gbs"] = sum(d["nbytes_per_matrix"] for d in hot.values()) / \
-                sum(d["ms_per_call_cache_hot"] * 1e-3 for d in hot.values()) / 1e9
-            if res.get("read_bandwidth_gbs"):
-                res["gemv_cache_hot_vs_bandwidth"] = res["gemv_cache_hot_gbs"] / res["read_bandwidth_gbs"]
-        # the int16-activation kernel (opt-in): same matrices, same passes
+            weights = sum(math.prod(int(v) for v in k.split("x")) for k in g)
+            res["nf4_held_bits_per_weight"] = 8.0 * sum(d["nbytes_per_matrix"] for d in g.values()) / weights
+            res["gemv_held_bits_per_weight"] = res["nf4_held_bits_per_weight"]
+            if layout_ran:
+                res["gemv_held_bits_per_weight"] = 8.0 * sum(
+                    d["held_bytes_per_matrix_codes_released"] for d in gd.values()) / weights
+                res["decode_layout_bits_per_weight"] = 8.0 * sum(
+                    d["extra_bytes_per_matrix"] for d in gd.values()) / weights
+        # the int16-activation kernel (opt-in), over bitsandbytes' layout: same matrices, same passes
         g16 = {k: d["int16"] for k, d in g.items() if "int16" in d}
         if g16 and len(g16) == len(g):
-            res["gemv_int16_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in g16) / \
-                sum(d["ms_per_call_median"] * 1e-3 for d in g16.values()) / 1e9
+            res["gemv_int16_gbs"] = combined_gbs(g16, "ms_per_call_median")
             res["gemv_int16_max_rel_err"] = max(d["max_rel_err"] for d in g16.values())
-            if res.get("read_bandwidth_gbs"):
-                res["gemv_int16_vs_bandwidth"] = res["gemv_int16_gbs"] / res["read_bandwidth_gbs"]
-            if all(d.get("ms_per_call_cache_hot") for d in g16.values()):
-                res["gemv_int16_cache_hot_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in g16) / \
-                    sum(d["ms_per_call_cache_hot"] * 1e-3 for d in g16.values()) / 1e9
-        # the opt-in decoding copy (NF4Tensor.prepare_decoding): same matrices, same passes, counted
-        # in the same bytes (t.nbytes) so that it compares with gemv_gbs; the copy's own size apart
-        gd = {k: d["decode_layout"] for k, d in g.items() if "decode_layout" in d}
-        if gd and len(gd) == len(g):
-            res["gemv_decode_layout_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in gd) / \
-                sum(d["ms_per_call_median"] * 1e-3 for d in gd.values()) / 1e9
-            res["gemv_decode_layout_max_rel_err"] = max(d["max_rel_err"] for d in gd.values())
-            weights = sum(math.prod(int(v) for v in k.split("x")) for k in gd)
-            res["gemv_decode_layout_extra_bits_per_weight"] = 8.0 * sum(
-                d["extra_bytes_per_matrix"] for d in gd.values()) / weights
-            res["gemv_decode_layout_held_bits_per_weight"] = 8.0 * sum(
-                d["held_bytes_per_matrix_codes_released"] for d in gd.values()) / weights
-            res["nf4_held_bits_per_weight"] = 8.0 * sum(g[k]["nbytes_per_matrix"] for k in gd) / weights
-            if res.get("read_bandwidth_gbs"):
-                res["gemv_decode_layout_vs_bandwidth"] = res["gemv_decode_layout_gbs"] / res["read_bandwidth_gbs"]
-            if all(d.get("ms_per_call_cache_hot") for d in gd.values()):
-                res["gemv_decode_layout_cache_hot_gbs"] = sum(g[k]["nbytes_per_matrix"] for k in gd) / \
-                    sum(d["ms_per_call_cache_hot"] * 1e-3 for d in gd.values()) / 1e9
+            if bw:
+                res["gemv_int16_vs_bandwidth"] = res["gemv_int16_gbs"] / bw
+            res["gemv_int16_cache_hot_gbs"] = combined_gbs(g16, "ms_per_call_cache_hot")
         if self.peak_runs:
             res["machine_peak_gflops"] = max(self.peak_runs.values())
             det["fma_peak_runs_gflops"] = dict(self.peak_runs)
@@ -951,11 +954,11 @@ class Bench:
                 d = paths[best][key]
                 res[f"bnb_gemv_gbs_{key}"] = d["gbs_nf4_equivalent"]
                 res[f"bnb_gemv_ms_{key}"] = d["ms_per_call_median"]
-                res[f"ours_vs_bnb_gemv_{key}"] = d["ms_per_call_median"] / g[key]["ms_per_call_median"]
+                res[f"ours_vs_bnb_gemv_{key}"] = d["ms_per_call_median"] / default[key]["ms_per_call_median"]
             if res.get("gemv_gbs"):
                 res["ours_vs_bnb_gemv"] = res["gemv_gbs"] / res["bnb_gemv_gbs"]
-            if res.get("gemv_decode_layout_gbs"):
-                res["ours_decode_layout_vs_bnb_gemv"] = res["gemv_decode_layout_gbs"] / res["bnb_gemv_gbs"]
+            if res.get("gemv_bnb_layout_gbs"):
+                res["ours_bnb_layout_vs_bnb_gemv"] = res["gemv_bnb_layout_gbs"] / res["bnb_gemv_gbs"]
             res["bnb_gemv_held_bits_per_weight"] = 8.0 * sum(paths[best][k]["bytes_per_matrix_bnb_layout"]
                                                              for k in g) / sum(
                 math.prod(int(v) for v in k.split("x")) for k in g)
@@ -972,7 +975,8 @@ DEFINITIONS = {
     "read_bandwidth_gbs": "1e9 bytes/s; best repetition of a full read of the buffer, max over methods and over "
                           "the two runs (start and end of the benchmark)",
     "gemv_gbs": "combined over gemv_shapes: (t.nbytes of one matrix of each shape) / (sum of their median per-call "
-                "times); per-call time = median pass over all distinct matrices / number of matrices",
+                "times); per-call time = median pass over all distinct matrices / number of matrices; the path "
+                "NF4Tensor.matmul runs by default (gemv_layout)",
     "gemv_gbs_<shape>": "t.nbytes / median per-call time, cycling through the distinct matrices of the working set",
     "gemv_vs_bandwidth": "gemv_gbs / read_bandwidth_gbs",
     "gemv_cache_hot_gbs": "gemv_gbs measured the same way on one matrix per shape called repeatedly (it stays in "
@@ -988,13 +992,14 @@ DEFINITIONS = {
                     "NF4-equivalent bytes (our t.nbytes per shape), so ours_vs_bnb_gemv is a speed ratio; its "
                     "passes alternate with ours",
     "ours_vs_bnb_gemv": "gemv_gbs / bnb_gemv_gbs (> 1: ours faster); per shape: bnb ms / our ms",
-    "gemv_decode_layout_gbs": "gemv_gbs for twins with prepare_decoding(keep_codes=False) (the decode layout in "
-                              "place of the packed codes), same passes, same t.nbytes per matrix",
-    "ours_decode_layout_vs_bnb_gemv": "gemv_decode_layout_gbs / bnb_gemv_gbs",
-    "gemv_decode_layout_held_bits_per_weight": "8 * NF4Tensor.memory_nbytes / weights with the codes released "
-                                               "(decode layout + scale state + code books)",
-    "gemv_decode_layout_extra_bits_per_weight": "8 * decoding_nbytes / weights: the layout alone (what "
-                                                "keep_codes=True adds to nf4_held_bits_per_weight)",
+    "gemv_layout": "which layout gemv_gbs ran on: the decode layout where the default decoding policy lays the "
+                   "codes out on this CPU (AVX-512 VBMI + VNNI), else bitsandbytes'",
+    "gemv_bnb_layout_gbs": "gemv_gbs for the kernel over bitsandbytes' layout (prepare_decoding(False)), same "
+                           "matrices, same passes (equal in meaning to gemv_gbs where gemv_layout is bitsandbytes)",
+    "ours_bnb_layout_vs_bnb_gemv": "gemv_bnb_layout_gbs / bnb_gemv_gbs",
+    "gemv_held_bits_per_weight": "8 * NF4Tensor.memory_nbytes / weights for the path gemv_gbs timed (decode layout "
+                                 "+ scale state + code books with the codes released)",
+    "decode_layout_bits_per_weight": "8 * decoding_nbytes / weights: the decode layout alone",
     "nf4_held_bits_per_weight": "8 * NF4Tensor.nbytes / weights: bitsandbytes' state as loaded",
     "bnb_gemv_held_bits_per_weight": "8 * bytes of bitsandbytes' weight data (+ scales) per weight for the bnb path "
                                      "timed (after its CPU repacking, for the fused path)",
@@ -1017,13 +1022,14 @@ def build_output(b, args, threads: int, cfg: Config, env_info: dict) -> dict:
                  "quick": bool(args.quick)}
     ordered = [
         "read_bandwidth_gbs", "read_bandwidth_method",
-        "gemv_gbs", "gemv_vs_bandwidth", "gemv_cache_hot_gbs", "gemv_cache_hot_vs_bandwidth",
-        "gemv_gbs_4096x4096", "gemv_gbs_11008x4096",
-        "gemv_ms_4096x4096", "gemv_ms_11008x4096", "gemv_gbs_mean_of_shapes", "gemv_working_set_bytes",
+        "gemv_gbs", "gemv_vs_bandwidth", "gemv_layout", "gemv_cache_hot_gbs", "gemv_cache_hot_vs_bandwidth",
+        "gemv_gbs_4096x4096", "gemv_gbs_11008x4096", "gemv_ms_4096x4096", "gemv_ms_11008x4096",
+        "gemv_max_rel_err", "gemv_held_bits_per_weight", "gemv_working_set_bytes",
+        "gemv_bnb_layout_gbs", "gemv_bnb_layout_vs_bandwidth", "gemv_bnb_layout_cache_hot_gbs",
         f"gemm_gflops_m{GEMM_M}", f"numpy_fp32_gflops_m{GEMM_M}", f"torch_fp32_gflops_m{GEMM_M}",
         "gemm_vs_fp32_blas", "gemm_vs_torch_fp32", "machine_peak_gflops", "gemm_fraction_of_peak",
         "numpy_fp32_fraction_of_peak",
-        "bnb_gemv_gbs", "ours_vs_bnb_gemv", "bnb_gemv_path",
+        "bnb_gemv_gbs", "ours_vs_bnb_gemv", "ours_bnb_layout_vs_bnb_gemv", "bnb_gemv_path",
         "quantize_gbs", "quantize_input_gbs", "bnb_quantize_gbs",
     ]
     for k in ordered:

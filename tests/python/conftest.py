@@ -28,3 +28,15 @@ def _restore_simd_level():
     _core.set_simd_level(before)
     _core.set_amx_enabled(amx_before)
     _core.set_fp32_matmul_precision(precision_before)
+
+
+@pytest.fixture
+def manual_decoding_policy():
+    """NF4Tensors stay in bitsandbytes' layout at their first matmul of few rows (decoding policy
+    "manual", restored afterwards), for tests of the kernels over that layout."""
+    from ecomllm.quant import decoding_policy, set_decoding_policy
+
+    before = decoding_policy()
+    set_decoding_policy("manual")
+    yield
+    set_decoding_policy(before)

@@ -24,10 +24,15 @@ needs_kernel = pytest.mark.skipif(not KERNEL_HERE, reason="this CPU (or the acti
                                   "prepare_decoding returns False here (checked in test_unavailable_changes_nothing)")
 
 
-def _weight(n, k, blocksize=64, double_quant=True, seed=0):
+def _weight(n, k, blocksize=64, double_quant=True, seed=0, auto=False):
+    """A random NF4 weight; auto=False: in bitsandbytes' layout until prepare_decoding is called
+    (no layout at its first matmul of few rows, whatever the decoding policy)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n, k)).astype(np.float32) * rng.uniform(0.1, 3.0, size=(n, 1)).astype(np.float32)
-    return NF4Tensor.quantize(w, blocksize=blocksize, double_quant=double_quant)
+    t = NF4Tensor.quantize(w, blocksize=blocksize, double_quant=double_quant)
+    if not auto and len(t.shape) == 2:
+        t.prepare_decoding(False)
+    return t
 
 
 def _expected_nbytes(n, k):
@@ -404,3 +409,39 @@ def test_model_with_released_codes_decodes_prefills_trains_and_saves(tmp_path):
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+# ---- the decoding policy: the layout at the first matmul of few rows -----------------------------
+
+def test_auto_policy_lays_the_codes_out_at_the_first_decoding_matmul():
+    from ecomllm.quant import decoding_policy, set_decoding_policy
+
+    assert decoding_policy() == "auto"
+    rng = np.random.default_rng(31)
+    x1, x40 = rng.standard_normal((1, 256)).astype(np.float32), rng.standard_normal((40, 256)).astype(np.float32)
+    t = _weight(64, 256, seed=29, auto=True)
+    ref = _weight(64, 256, seed=29)
+    t.matmul(x40)  # prefill-sized: nothing changes
+    assert t.decoding_nbytes == 0 and t.holds_codes
+    t.matmul(x1, activations="int16")  # the int16 kernel reads bitsandbytes' layout: nothing changes
+    assert t.decoding_nbytes == 0
+    y = t.matmul(x1)
+    assert (t.decoding_nbytes > 0) is KERNEL_HERE and t.holds_codes is not KERNEL_HERE
+    assert rel_err(y, x1.astype(np.float64) @ ref.dequantize().astype(np.float64).T) <= TOL
+    np.testing.assert_array_equal(t.matmul(x40), ref.matmul(x40))  # same bits either way
+    np.testing.assert_array_equal(t.state_dict()["weight"], ref.state_dict()["weight"])
+    t.prepare_decoding(False)  # the caller's choice sticks
+    t.matmul(x1)
+    assert t.decoding_nbytes == 0 and t.holds_codes
+
+    try:
+        set_decoding_policy("manual")
+        m = _weight(64, 256, seed=29, auto=True)
+        m.matmul(x1)
+        assert m.decoding_nbytes == 0 and m.holds_codes
+    finally:
+        set_decoding_policy("auto")
+    for bad in ("sometimes", None):
+        with pytest.raises(ValueError, match="decoding policy"):
+            set_decoding_policy(bad)
+    assert decoding_policy() == "auto"

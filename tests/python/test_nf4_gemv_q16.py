@@ -16,6 +16,10 @@ from _nf4_ref import rel_err
 from ecomllm import _core
 from ecomllm.quant import NF4Tensor
 
+
+# The kernels over bitsandbytes' layout (the decode layout has its own tests: test_nf4_decode_layout.py).
+pytestmark = pytest.mark.usefixtures("manual_decoding_policy")
+
 TOL = 5e-4
 BEST = _core.cpu_features()["best_level"]
 LEVELS = ["scalar"] + (["avx2"] if BEST in ("avx2", "avx512") else []) + (["avx512"] if BEST == "avx512" else [])

@@ -23,6 +23,10 @@ from ecomllm import _core
 import ecomllm
 from ecomllm.quant import NF4Tensor
 
+
+# The kernels over bitsandbytes' layout (the decode layout has its own tests: test_nf4_decode_layout.py).
+pytestmark = pytest.mark.usefixtures("manual_decoding_policy")
+
 TOL = 1e-5
 BEST = _core.cpu_features()["best_level"]
 LEVELS = ["scalar"] + (["avx2"] if BEST in ("avx2", "avx512") else []) + (["avx512"] if BEST == "avx512" else [])
