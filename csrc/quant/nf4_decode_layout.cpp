@@ -1,35 +1,15 @@
-// Building the decode layout (nf4_decode_layout.h) and the driver of its M = 1 kernel.
+// Building the decode layout (nf4_decode_layout.h), restoring the packed codes from it, and the driver
+// of its row kernel.
 #include "quant/nf4_decode_layout.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "base/error.h"
 #include "base/parallel.h"
 
 namespace ecomllm::quant {
-
-namespace {
-
-// The tables' preconditions on one row of x: finite, and every 64-element segment's max |x|
-// either 0 or >= 2^-100 (so that max|x| / kQMax stays a normal float).
-bool product_tables_usable(const float* x, int64_t K) {
-  for (int64_t s = 0; s < K; s += 64) {
-    float xmax = 0.0f;
-    for (int64_t e = s; e < s + 64; ++e) {
-      const float a = std::fabs(x[e]);
-      if (!(a <= std::numeric_limits<float>::max())) return false;  // inf or NaN
-      xmax = std::max(xmax, a);
-    }
-    if (xmax != 0.0f && xmax < kMinSegmentMax) return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 bool nf4_decode_kernel_available() {
   const CpuFeatures& f = cpu_features();
@@ -113,7 +93,7 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
   float* xscale = xscale_buffer.as<float>();
   // Every row is checked before anything is written, so that a refusal computes nothing.
   for (int64_t m = 0; m < M; ++m)
-    if (!product_tables_usable(x + m * K, K)) return false;
+    if (!nf4_product_tables_usable(x + m * K, K)) return false;
   // One parallel region for all rows of x: each thread builds its share of the tables, waits for
   // the others, then walks its supergroups (two regions per row cost ~5 us more per call here).
   // (Single-threaded, no barrier is reached: called from inside someone else's parallel region,

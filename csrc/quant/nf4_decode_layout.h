@@ -70,7 +70,10 @@ NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, Alig
 bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
                        float* y);
 
-// Kernel pieces (nf4_decode_layout_avx512vbmi.cpp). tables [K / 8 * kTableBytesPerOctet] and
+// Kernel pieces (nf4_decode_layout_avx512vbmi.cpp). Whether one row of x [K] meets the tables'
+// preconditions: finite, and every 64-element segment's max |x| either 0 or >= kMinSegmentMax.
+bool nf4_product_tables_usable(const float* x, int64_t K);
+// tables [K / 8 * kTableBytesPerOctet] and
 // xscale [K / 64] for segments [s0, s1) of x; x must meet the preconditions above.
 void nf4_build_product_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
                               float* xscale);

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "quant/nf4_decode_layout.h"
 
@@ -28,6 +29,23 @@ constexpr int64_t kOctetsPerSegment = 8;               // 64 columns: one block 
 constexpr int64_t kPrefetchBytes = 16384;
 
 }  // namespace
+
+bool nf4_product_tables_usable(const float* x, int64_t K) {
+  // 16 lanes at a time (K % 64 == 0); a NaN fails the <= FLT_MAX test, an inf exceeds it.
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 finite_max = _mm512_set1_ps(std::numeric_limits<float>::max());
+  for (int64_t s = 0; s < K; s += 64) {
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < 4; ++i) {
+      const __m512 a = _mm512_and_ps(_mm512_loadu_ps(x + s + 16 * i), abs_mask);
+      if (_mm512_cmp_ps_mask(a, finite_max, _CMP_LE_OQ) != 0xFFFF) return false;  // inf or NaN
+      amax = _mm512_max_ps(amax, a);
+    }
+    const float xmax = _mm512_reduce_max_ps(amax);
+    if (xmax != 0.0f && xmax < kMinSegmentMax) return false;
+  }
+  return true;
+}
 
 void nf4_build_product_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
                               float* xscale) {
