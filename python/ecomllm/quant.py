@@ -46,7 +46,8 @@ _SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 
 # When an NF4Tensor takes the decode layout (NF4Tensor.prepare_decoding): "auto" -- at its first
 # matmul of 1-16 rows of fp32/bf16 x (token-by-token decoding), with the packed codes released,
-# where this CPU runs the layout's kernels; "manual" -- only when prepare_decoding is called.
+# where this CPU runs the layout's kernels (and its 64-row padding adds at most 1/8 to the rows);
+# "manual" -- only when prepare_decoding is called.
 _DECODING_POLICIES = ("auto", "manual")
 _decoding_policy = "auto"
 _AUTO_DECODING_MAX_ROWS = 16  # the layout's row kernel takes up to this many rows (kDecodeMaxRows)
@@ -56,7 +57,7 @@ def set_decoding_policy(policy: str) -> None:
     """``"auto"`` (default): an :class:`NF4Tensor` lays its codes out for decoding at its first
     matmul of 1-16 rows of x, as bitsandbytes repacks its weights at their first CPU inference
     call: ``prepare_decoding(keep_codes=False)``, where the CPU has AVX-512 VBMI + VNNI (elsewhere
-    nothing changes). ``"manual"``: only an explicit :meth:`NF4Tensor.prepare_decoding` does.
+    nothing changes) and the layout's padding of the rows to a multiple of 64 adds at most 1/8. ``"manual"``: only an explicit :meth:`NF4Tensor.prepare_decoding` does.
     Tensors that already had their first such matmul, or an explicit ``prepare_decoding``, keep
     what they have."""
     global _decoding_policy
@@ -257,7 +258,10 @@ class NF4Tensor:
         if self._auto_decoding and activations == "fp32" and _decoding_policy == "auto" and xa.ndim >= 1 \
                 and xa.shape[-1] == self._shape[1] and 1 <= xa.size // self._shape[1] <= _AUTO_DECODING_MAX_ROWS:
             self._auto_decoding = False
-            self._core.prepare_decoding(True, False)  # False where this CPU or shape has no layout
+            # The layout pads rows to a multiple of 64: not for weights it would inflate by over 1/8.
+            rows = self._shape[0]
+            if -(-rows // 64) * 64 * 8 <= rows * 9:
+                self._core.prepare_decoding(True, False)  # False where this CPU or shape has no layout
         return self._core.matmul(xa, b, bf16_bits=is_bf16, int16_activations=activations == "int16")
 
     def prepare_decoding(self, enabled: bool = True, *, keep_codes: bool = True) -> bool:

@@ -434,6 +434,10 @@ def test_auto_policy_lays_the_codes_out_at_the_first_decoding_matmul():
     t.matmul(x1)
     assert t.decoding_nbytes == 0 and t.holds_codes
 
+    small = _weight(65, 256, seed=29, auto=True)  # 128 padded rows for 65: no layout by itself
+    small.matmul(x1)
+    assert small.decoding_nbytes == 0 and small.holds_codes
+
     try:
         set_decoding_policy("manual")
         m = _weight(64, 256, seed=29, auto=True)
