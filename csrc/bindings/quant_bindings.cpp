@@ -121,15 +121,9 @@ class PyNF4Matrix {
   bool prepare_decoding(bool enabled, bool keep_codes) {
     const bool keep_layout = enabled && quant::nf4_decode_layout_useful(m_);
     if (!holds_codes() && (!keep_layout || keep_codes)) {
-      auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(m_.numel())});
-      uint8_t* dst = packed.mutable_data();
-      const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
-      {
-        py::gil_scoped_release release;
-        quant::nf4_restore_packed(*decode, dst);
-      }
-      packed_ = packed;  // assigned under the GIL, like every change below: matmul copies them under it
-      m_.packed = dst;
+      py::array packed = restored_codes();
+      m_.packed = static_cast<const uint8_t*>(packed.data());
+      packed_ = std::move(packed);  // under the GIL, like every change below: matmul copies them under it
     }
     if (!keep_layout) {
       decode_.reset();
@@ -155,15 +149,7 @@ class PyNF4Matrix {
 
   // bitsandbytes' packed codes: the held array itself, or a copy restored from the decode layout.
   py::array packed_codes() const {
-    if (holds_codes()) return packed_;
-    auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(m_.numel())});
-    uint8_t* dst = packed.mutable_data();
-    const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
-    {
-      py::gil_scoped_release release;
-      quant::nf4_restore_packed(*decode, dst);
-    }
-    return packed;
+    return holds_codes() ? py::reinterpret_borrow<py::array>(packed_) : restored_codes();
   }
 
   // dy [..., N] float32 or bfloat16 -> dx [..., K] float32.
@@ -250,6 +236,19 @@ class PyNF4Matrix {
     std::shared_ptr<const quant::NF4DecodeLayout> decode;
   };
   Codes current_codes() const { return Codes{m_, packed_, decode_}; }
+
+  // A new numpy array of the packed codes restored from the decode layout (which must exist),
+  // filled without the GIL.
+  py::array restored_codes() const {
+    auto packed = new_array<uint8_t>({quant::nf4_packed_bytes(m_.numel())});
+    uint8_t* dst = packed.mutable_data();
+    const std::shared_ptr<const quant::NF4DecodeLayout> decode = decode_;
+    {
+      py::gil_scoped_release release;
+      quant::nf4_restore_packed(*decode, dst);
+    }
+    return packed;
+  }
 
   NF4Matrix m_;
   py::object packed_;  // numpy uint8 array, or None once prepare_decoding(keep_codes=false) released it

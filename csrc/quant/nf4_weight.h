@@ -37,17 +37,15 @@ class NF4Weight {
                             const float* nested_code, float offset);
 
   // The kernels' view. Its `packed` is null after prepare_decoding(true, false) (pass
-  // decode_layout() along:
-  // nf4_matmul / nf4_matmul_t restore what they need from it).
+  // decode_layout() along: nf4_matmul / nf4_matmul_t restore what they need from it).
   NF4Matrix view() const { return m_; }
   // Token-by-token decoding (quant/nf4_decode_layout.h). enabled: builds the decode layout where
   // this shape and CPU support it and returns whether it exists; keep_codes = false then releases
   // the packed codes, which the layout also holds (-4 bits per weight held: 4.5 + the scale
   // state instead of 8.6), at the cost of a transient restore of them in the paths that read
   // bitsandbytes' layout (backward, dequantize, clone, state, AMX products; the FMA forward GEMM
-  // reads its panels from the layout). keep_codes = true
-  // on a weight whose codes were released restores them. enabled = false restores released codes
-  // and drops the layout.
+  // reads its panels from the layout). keep_codes = true on a weight whose codes were released
+  // restores them. enabled = false restores released codes and drops the layout.
   bool prepare_decoding(bool enabled, bool keep_codes = true);
   const NF4DecodeLayout* decode_layout() const { return decode_.get(); }
   int64_t decoding_nbytes() const { return decode_ ? decode_->nbytes() : 0; }

@@ -57,9 +57,9 @@ def set_decoding_policy(policy: str) -> None:
     """``"auto"`` (default): an :class:`NF4Tensor` lays its codes out for decoding at its first
     matmul of 1-16 rows of x, as bitsandbytes repacks its weights at their first CPU inference
     call: ``prepare_decoding(keep_codes=False)``, where the CPU has AVX-512 VBMI + VNNI (elsewhere
-    nothing changes) and the layout's padding of the rows to a multiple of 64 adds at most 1/8. ``"manual"``: only an explicit :meth:`NF4Tensor.prepare_decoding` does.
-    Tensors that already had their first such matmul, or an explicit ``prepare_decoding``, keep
-    what they have."""
+    nothing changes) and the layout's padding of the rows to a multiple of 64 adds at most 1/8.
+    ``"manual"``: only an explicit :meth:`NF4Tensor.prepare_decoding` does. Tensors that already
+    had their first such matmul, or an explicit ``prepare_decoding``, keep what they have."""
     global _decoding_policy
     if policy not in _DECODING_POLICIES:
         raise ValueError(f"decoding policy must be one of {_DECODING_POLICIES}, got {policy!r}")
@@ -270,8 +270,8 @@ class NF4Tensor:
         With the decode layout, :meth:`matmul` with up to 16 rows of x runs the product-table
         kernel: x becomes tables of ``code[c] * x[k]`` (three byte digits per product, exact to
         ~1e-6 of the fp32 kernel), and each 64 bytes of codes cost 6 byte lookups and 6 integer
-        dot products. On Zen 4 it streams the weights at 1.1-1.3x bitsandbytes' bf16 kernel and
-        up to ~0.9 of the machine's read bandwidth, about 1.7x the default kernel
+        dot products. On Zen 4 it streams the weights at 1.06-1.3x bitsandbytes' bf16 kernel and
+        0.7-0.96 of the machine's read bandwidth, about 1.5x the kernel over bitsandbytes' layout
         (``benchmarks/README.md``). The layout holds the codes and fp32 block scales: ~4.5 bits
         per weight (:attr:`decoding_nbytes`).
 
@@ -283,7 +283,7 @@ class NF4Tensor:
         from the layout (bit-identical to bitsandbytes' layout, and faster); the paths that read
         bitsandbytes' layout (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16
         activations, matmuls on AMX tiles, 1-3 rows the table kernel refuses, every matmul below
-        the ``avx512`` level) restore a transient copy of the codes per call (~1-3 ms per 4096 x
+        the ``avx512`` level) restore a transient copy of the codes per call (~1-2 ms per 4096 x
         4096 weight), so it suits serving more than training. Calling again with
         ``keep_codes=True`` brings the codes back.
 
