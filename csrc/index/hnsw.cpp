@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <thread>
 #include <unordered_set>
 
@@ -1041,19 +1042,29 @@ void HnswIndex::rebuild_live() {
   entry_.store(kNoEntry, std::memory_order_release);
   live_.store(0, std::memory_order_relaxed);
   deleted_.store(0, std::memory_order_relaxed);
+  if (n == 0) return;
+  // Row i keeps slot i (the old slot order, so a reorder()'s locality survives), but the rows go
+  // in in a seeded shuffled order: after a reorder() the slot order is breadth-first, cluster by
+  // cluster, and inserting in an order that follows the data's layout builds a measurably worse
+  // graph (k=1 recall at ef=64 on clustered data: ~0.996 with a tail to 0.989, against 0.9996
+  // when shuffled; tests/python/test_hnsw.py).
+  std::vector<uint32_t> insert_order(static_cast<size_t>(n));
+  std::iota(insert_order.begin(), insert_order.end(), 0u);
+  for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates over splitmix64 draws
+    std::swap(insert_order[i], insert_order[mix64(p_.seed ^ mix64(~static_cast<uint64_t>(i))) % (i + 1)]);
   auto insert_range = [&](int64_t b, int64_t e) {
     std::unique_ptr<Scratch> s = acquire_scratch();
-    for (int64_t i = b; i < e; ++i) {
-      const float* row = rows.data() + i * p_.dim;
+    for (int64_t j = b; j < e; ++j) {
+      const uint32_t i = insert_order[j];
+      const float* row = rows.data() + static_cast<size_t>(i) * p_.dim;
       std::copy(row, row + p_.dim, s->query.data());
-      insert_slot(static_cast<uint32_t>(i), s->query.data(), ids[i], *s);
+      insert_slot(i, s->query.data(), ids[i], *s);
       label_[i] = labels[i];
       live_.fetch_add(1, std::memory_order_relaxed);
     }
     release_scratch(std::move(s));
   };
-  if (n == 0) return;
-  insert_range(0, 1);
+  insert_range(0, 1);  // the first row alone: it becomes the entry point
   parallel_for(1, n, 16, insert_range);
 }
 
