@@ -1045,9 +1045,12 @@ void HnswIndex::rebuild_live() {
   if (n == 0) return;
   // Row i keeps slot i (the old slot order, so a reorder()'s locality survives), but the rows go
   // in in a seeded shuffled order: after a reorder() the slot order is breadth-first, cluster by
-  // cluster, and inserting in an order that follows the data's layout builds a measurably worse
-  // graph (k=1 recall at ef=64 on clustered data: ~0.996 with a tail to 0.989, against 0.9996
-  // when shuffled; tests/python/test_hnsw.py).
+  // cluster, and inserting in that order could build a worse graph. Measured on 24k clustered
+  // 8-d rows, M = 8, ef_construction = 40, half deleted (tests/python/test_hnsw.py): k=1 recall
+  // of every live row at ef = 64, min over 30-40 runs, 0.9949 in slot order against 0.9989
+  // shuffled. On 100k x 32-d rows, M = 16 no difference beyond noise, and the rebuild takes
+  // ~25% longer shuffled (its inserts lose locality): the price of a graph that does not depend
+  // on the layout.
   std::vector<uint32_t> insert_order(static_cast<size_t>(n));
   std::iota(insert_order.begin(), insert_order.end(), 0u);
   for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates over splitmix64 draws
