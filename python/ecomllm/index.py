@@ -38,7 +38,9 @@ calls and block others briefly.
 
 Deletes: ``delete(ids)`` hides rows at once (they are never returned). ``compact()`` repairs the
 graph links around deleted rows and frees their slots for later adds, keeping recall where a
-fresh build would be; call it after large deletions.
+fresh build would be; call it after large deletions. Once a quarter or more of the rows are
+deleted it rebuilds the graph over the live rows instead, inserting them in a seeded shuffled
+order (an order that follows the memory layout built measurably worse graphs).
 
 Memory layout: each row's vector starts on a cache line; large graphs ask Linux for transparent
 huge pages; a bulk ``add`` ends with :meth:`HNSWIndex.reorder` (rows stored in graph order).
