@@ -19,7 +19,7 @@ bool nf4_decode_kernel_available() {
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
   W.validate();
   ECOM_CHECK_ARG(nf4_decode_layout_supported(W), "NF4 decode layout: needs in_features and the blocksize to be ",
-                 "multiples of 64, got ", W.cols, " and ", W.blocksize);
+                 "multiples of 64 and code-book values in [-1, 1], got ", W.cols, " and ", W.blocksize);
   NF4DecodeLayout L;
   L.rows = W.rows;
   L.cols = W.cols;

@@ -394,6 +394,13 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
   const Weight odd = make_weight(4, 96, 64, false, 67);  // K % 64 != 0
   EXPECT_FALSE(nf4_decode_layout_supported(odd.m));
   EXPECT_THROW(nf4_build_decode_layout(odd.m), ValueError);
+  // A code book beyond [-1, 1] (a file's quant_map) would overflow the tables' top digit.
+  Weight wide = make_weight(64, 128, 64, false, 71);
+  float wide_code[16];
+  for (int c = 0; c < 16; ++c) wide_code[c] = 3.0f * wide.m.code[c];
+  wide.m.code = wide_code;
+  EXPECT_FALSE(nf4_decode_layout_supported(wide.m));
+  EXPECT_THROW(nf4_build_decode_layout(wide.m), ValueError);
 }
 
 // A weight whose owner released its packed codes: the layout restores them byte for byte, and

@@ -179,6 +179,24 @@ def test_unsupported_weights_and_unavailable_cpus_change_nothing():
         one_d.prepare_decoding()
 
 
+@pytest.mark.parametrize("factor", [3.0, 0.5])
+def test_code_books_from_files_beyond_nf4s_range(factor):
+    # A file's quant_map can hold any values. The tables' digits are sized for |code| <= 1: a
+    # wider code book must not get the layout (it overflowed the top digit: ~100% error); a
+    # narrower one may, and stays exact. Also under the auto policy at the first decoding call.
+    sd = {k: np.array(v) for k, v in _weight(64, 256, seed=3).state_dict().items()}
+    sd["weight.quant_map"] = sd["weight.quant_map"] * np.float32(factor)
+    x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
+    for explicit in (True, False):
+        t = NF4Tensor.from_state_dict(sd)
+        ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T
+        if explicit:
+            assert t.prepare_decoding(keep_codes=False) is (factor <= 1 and KERNEL_HERE)
+        assert rel_err(t.matmul(x), ref) <= TOL
+        assert rel_err(t.matmul(x[:1]), ref[:1]) <= TOL
+        assert t.holds_codes is not (factor <= 1 and KERNEL_HERE)
+
+
 def test_unavailable_changes_nothing():
     original = _core.simd_level()
     try:
