@@ -106,8 +106,7 @@ class PyNF4Matrix {
     const Codes codes = current_codes();
     return product(x, bf16_bits, "x", m_.cols, m_.rows, [&](const float* in, int64_t M, float* out) {
       if (int16_activations) {
-        AlignedBuffer restored;
-        quant::nf4_gemv_q16(in, M, quant::nf4_with_codes(codes.W, codes.decode.get(), restored), bias_ptr, out);
+        quant::nf4_matmul_int16(in, M, codes.W, bias_ptr, out, codes.decode.get());
       } else {
         quant::nf4_matmul(in, M, codes.W, bias_ptr, out, nullptr, codes.decode.get());
       }

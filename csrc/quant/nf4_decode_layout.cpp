@@ -78,7 +78,9 @@ NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, Alig
 }
 
 bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
-                       float* y) {
+                       float* y, int digits) {
+  ECOM_CHECK_ARG(digits == kTableDigitsExact || digits == kTableDigitsInt16, "nf4 decode matmul: digits must be ",
+                 kTableDigitsInt16, " or ", kTableDigitsExact, ", got ", digits);
   if (!nf4_decode_kernel_available()) return false;
   const int64_t K = L.cols, N = L.rows, segments = K / 64;
   // Reused across calls on this thread (a fresh 48 x K-byte buffer per call would be an mmap whose
@@ -101,8 +103,8 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
   const int threads = static_cast<int>(std::min<int64_t>(max_threads(), L.supergroups));
   if (threads <= 1) {
     for (int64_t m = 0; m < M; ++m) {
-      nf4_build_product_tables(code, x + m * K, K, 0, segments, tables, xscale);
-      nf4_decode_rows(L, tables, xscale, bias, 0, L.supergroups, y + m * N);
+      nf4_build_product_tables(code, x + m * K, K, 0, segments, tables, xscale, digits);
+      nf4_decode_rows(L, tables, xscale, bias, 0, L.supergroups, y + m * N, digits);
     }
     return true;
   }
@@ -110,9 +112,11 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
   {
     const int t = thread_index(), nt = omp_get_num_threads();
     for (int64_t m = 0; m < M; ++m) {
-      nf4_build_product_tables(code, x + m * K, K, segments * t / nt, segments * (t + 1) / nt, tables, xscale);
+      nf4_build_product_tables(code, x + m * K, K, segments * t / nt, segments * (t + 1) / nt, tables, xscale,
+                               digits);
 #pragma omp barrier
-      nf4_decode_rows(L, tables, xscale, bias, L.supergroups * t / nt, L.supergroups * (t + 1) / nt, y + m * N);
+      nf4_decode_rows(L, tables, xscale, bias, L.supergroups * t / nt, L.supergroups * (t + 1) / nt, y + m * N,
+                      digits);
 #pragma omp barrier
     }
   }

@@ -34,8 +34,14 @@ namespace ecomllm::quant {
 constexpr int64_t kDecodeRows = 64;             // rows per supergroup
 constexpr int64_t kSegmentCodeBytes = 8 * 4 * 64;  // 8 octets x 4 chunks of 16 rows
 constexpr int64_t kSegmentBytes = kSegmentCodeBytes + kDecodeRows * 4;  // + 64 fp32 scales
-constexpr int64_t kTableBytesPerOctet = 384;    // 3 digits x 2 nibbles x 64 bytes
-constexpr float kTableQMax = 8323072.0f;        // 2^23 - 2^16: the top digit stays within int8
+// Products are looked up as signed-byte digits: 3 for the exact kernel (24-bit products, ~6e-7
+// of max |y|), 2 for int16 activations (16-bit products, ~6e-5: activations="int16").
+constexpr int kTableDigitsExact = 3;
+constexpr int kTableDigitsInt16 = 2;
+constexpr int64_t kTableBytesPerOctet = 384;    // at most 3 digits x 2 nibbles x 64 bytes
+// Largest |q| for `digits` digits, 2^(8 d - 1) - 2^(8 d - 8) (2^23 - 2^16 for 3): the top digit
+// stays within int8.
+constexpr float table_qmax(int digits) { return digits == kTableDigitsExact ? 8323072.0f : 32512.0f; }
 constexpr float kMinSegmentMax = 0x1p-100f;      // smallest non-zero segment max |x| the tables take
 
 struct NF4DecodeLayout {
@@ -73,20 +79,21 @@ NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, Alig
 // y[M, N] = x[M, K] @ dequant(W)^T (+ bias) from the copy, for the few rows of x of token-by-token
 // decoding (each row is one pass over the codes). Returns false, computing nothing, when the
 // kernel is unavailable here or a row of x holds inf/NaN or a segment so small (0 < max|x| <
-// 2^-100) that its scale would be a denormal: the caller then uses nf4_matmul.
+// 2^-100) that its scale would be a denormal: the caller then uses nf4_matmul. digits:
+// kTableDigitsExact, or kTableDigitsInt16 for the int16-activation product (nf4_matmul_int16).
 bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
-                       float* y);
+                       float* y, int digits = kTableDigitsExact);
 
 // Kernel pieces (nf4_decode_layout_avx512vbmi.cpp). Whether one row of x [K] meets the tables'
 // preconditions: finite, and every 64-element segment's max |x| either 0 or >= kMinSegmentMax.
 bool nf4_product_tables_usable(const float* x, int64_t K);
-// tables [K / 8 * kTableBytesPerOctet] and
-// xscale [K / 64] for segments [s0, s1) of x; x must meet the preconditions above.
+// tables [K / 8 * digits * 128] and xscale [K / 64] for segments [s0, s1) of x; x must meet the
+// preconditions above.
 void nf4_build_product_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
-                              float* xscale);
-// y[64 g ..] for supergroups [g0, g1) (rows past L.rows are not written).
+                              float* xscale, int digits);
+// y[64 g ..] for supergroups [g0, g1) (rows past L.rows are not written), from tables of `digits`.
 void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
-                     int64_t g0, int64_t g1, float* y);
+                     int64_t g0, int64_t g1, float* y, int digits);
 // The AVX-512 forward GEMM's W panel straight from the layout: panel[k * 32 + j] = dequant(W)[n0 +
 // j, k0 + k] for j < 32, k < kc (code * block scale, the values dequantize() gives; rows past
 // L.rows are -0.0: code[0] * a zero scale). n0 % 32 == 0, k0 % 64 == 0, kc % 64 == 0. A 64-byte chunk holds 16 rows x 8

@@ -1,13 +1,14 @@
 // The product-table M = 1 kernel over the decode layout (nf4_decode_layout.h): the per-call tables
 // of x and the walk. Built with AVX-512 VBMI + VNNI; called only where nf4_decode_kernel_available().
 //
-// Table layout, per octet o (columns 8 o .. 8 o + 7), digit d (0: low byte) and nibble h (0: the
-// high nibble of each code byte = the even column, 1: the low nibble = the odd column): 64 bytes,
-// entry 16 i + c = digit d of q(code c, column 8 o + 2 i + h). A code byte at byte i of its row's
+// Table layout, per octet o (columns 8 o .. 8 o + 7; D digits x 128 bytes, D = 3 exact or 2 for
+// int16 activations), digit d (0: low byte) and nibble h (0: the high nibble of each code byte =
+// the even column, 1: the low nibble = the odd column): 64 bytes, entry 16 i + c = digit d of
+// q(code c, column 8 o + 2 i + h). A code byte at byte i of its row's
 // dword thus indexes entry (nibble | i << 4), which one ternary-logic op builds for all 64 bytes.
-// Per 64-byte chunk (16 rows x 8 columns): 1 load, a shift, 2 ternary-logic ops, 6 vpermb and 6
-// vpdpbusd (digit sums of each row's 4 bytes into int32); a supergroup's 4 chunks of an octet
-// share the octet's 6 tables, held in registers.
+// Per 64-byte chunk (16 rows x 8 columns): 1 load, a shift, 2 ternary-logic ops, 2 D vpermb and
+// 2 D vpdpbusd (digit sums of each row's 4 bytes into int32); a supergroup's 4 chunks of an octet
+// share the octet's 2 D tables, held in registers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -47,12 +48,17 @@ bool nf4_product_tables_usable(const float* x, int64_t K) {
   return true;
 }
 
-void nf4_build_product_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
-                              float* xscale) {
+namespace {
+
+template <int D>
+void build_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
+                  float* xscale) {
+  constexpr float kQMax = table_qmax(D);
+  constexpr int64_t kOctetBytes = D * 128;
   const __m512 codes = _mm512_loadu_ps(code);
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  // Signed digits q = d0 + 2^8 d1 + 2^16 d2 (d0, d1 in [-128, 127]) are the bytes of u = q + 0x8080
-  // with the top bits of bytes 0 and 1 flipped. Byte p of the 4 x 16 values u[i][c] -> entry
+  // Signed digits q = d0 + 2^8 d1 (+ 2^16 d2) (all but the top one in [-128, 127]) are the bytes of
+  // u = q + 0x80 (+ 0x8000) with the top bits of all but the top byte flipped. Byte p of the 4 x 16 values u[i][c] -> entry
   // 16 i + c of a table: two two-source byte permutes (columns i = 0, 1 and i = 2, 3) and a blend.
   alignas(64) static const auto kPlaneIndex = [] {
     struct { uint8_t idx[3][64]; } t{};
@@ -60,15 +66,15 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
       for (int j = 0; j < 64; ++j) t.idx[p][j] = static_cast<uint8_t>(((j / 16) % 2) * 64 + 4 * (j % 16) + p);
     return t;
   }();
-  const __m512i bias = _mm512_set1_epi32(0x8080);
+  const __m512i bias = _mm512_set1_epi32(D == 3 ? 0x8080 : 0x80);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t s = s0; s < s1 && s < K / 64; ++s) {
     const float* xs = x + 64 * s;
     __m512 amax = _mm512_setzero_ps();
     for (int i = 0; i < 4; ++i) amax = _mm512_max_ps(amax, _mm512_and_ps(_mm512_loadu_ps(xs + 16 * i), abs_mask));
     const float xmax = _mm512_reduce_max_ps(amax);
-    xscale[s] = xmax / kTableQMax;
-    const float to_q = xmax == 0.0f ? 0.0f : static_cast<float>(static_cast<double>(kTableQMax) / xmax);
+    xscale[s] = xmax / kQMax;
+    const float to_q = xmax == 0.0f ? 0.0f : static_cast<float>(static_cast<double>(kQMax) / xmax);
     for (int64_t oo = 0; oo < 8; ++oo)
       for (int64_t nibble = 0; nibble < 2; ++nibble) {  // 0: even columns (high nibbles), 1: odd
         __m512i u[4];
@@ -77,20 +83,22 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
           const float xq = xs[8 * oo + 2 * i + nibble] * to_q;
           u[i] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(codes, _mm512_set1_ps(xq))), bias);
         }
-        int8_t* at = tables + (8 * s + oo) * kTableBytesPerOctet + nibble * 64;
-        for (int p = 0; p < 3; ++p) {
+        int8_t* at = tables + (8 * s + oo) * kOctetBytes + nibble * 64;
+        for (int p = 0; p < D; ++p) {
           const __m512i idx = _mm512_load_si512(kPlaneIndex.idx[p]);
           __m512i plane = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_permutex2var_epi8(u[0], idx, u[1]),
                                                  _mm512_permutex2var_epi8(u[2], idx, u[3]));
-          if (p < 2) plane = _mm512_xor_si512(plane, flip);
+          if (p < D - 1) plane = _mm512_xor_si512(plane, flip);
           _mm512_store_si512(at + p * 128, plane);
         }
       }
   }
 }
 
-void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
-                     int64_t g0, int64_t g1, float* y) {
+template <int D>
+void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias, int64_t g0,
+                 int64_t g1, float* y) {
+  constexpr int64_t kOctetBytes = D * 128;
   const int64_t K = L.cols, segments = K / 64;
   const __m512i ones = _mm512_set1_epi8(1);
   const __m512i low_nibble = _mm512_set1_epi8(0x0f);
@@ -101,12 +109,13 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
     for (auto& t : total) t = _mm512_setzero_ps();
     for (int64_t s = 0; s < segments; ++s) {
       const uint8_t* segment = group + s * kSegmentBytes;
-      __m512i acc[kChunksPerOctet][3];
-      for (auto& a : acc) a[0] = a[1] = a[2] = _mm512_setzero_si512();
+      __m512i acc[kChunksPerOctet][D];
+      for (auto& a : acc)
+        for (auto& d : a) d = _mm512_setzero_si512();
       for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
-        const int8_t* t = tables + (s * kOctetsPerSegment + oo) * kTableBytesPerOctet;
-        __m512i tab[3][2];
-        for (int d = 0; d < 3; ++d)
+        const int8_t* t = tables + (s * kOctetsPerSegment + oo) * kOctetBytes;
+        __m512i tab[D][2];
+        for (int d = 0; d < D; ++d)
           for (int h = 0; h < 2; ++h) tab[d][h] = _mm512_load_si512(t + d * 128 + h * 64);
         const uint8_t* chunk = segment + oo * 256;
         // One line ahead per line read; the last octet also covers the segment's scale lines.
@@ -121,7 +130,7 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
           const __m512i lo = _mm512_ternarylogic_epi32(c, low_nibble, byte_in_dword, 0xEA);  // (c & 15) | i << 4
           const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(c, 4), low_nibble, byte_in_dword, 0xEA);
 #pragma GCC unroll 3
-          for (int d = 0; d < 3; ++d) {
+          for (int d = 0; d < D; ++d) {
             acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(hi, tab[d][0]));
             acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(lo, tab[d][1]));
           }
@@ -131,8 +140,8 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
       const __m512 xs = _mm512_set1_ps(xscale[s]);
       for (int64_t r = 0; r < kChunksPerOctet; ++r) {
         // Digit sums of 64 columns: |sum q| <= 64 x 2^23, exact in int32.
-        const __m512i q = _mm512_add_epi32(
-            _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), _mm512_slli_epi32(acc[r][1], 8)), acc[r][0]);
+        __m512i q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][1], 8), acc[r][0]);
+        if constexpr (D == 3) q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), q);
         total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(_mm512_load_ps(absmax + r * 16), xs), total[r]);
       }
     }
@@ -146,6 +155,24 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
       _mm512_mask_storeu_ps(y + first, live, out);
     }
   }
+}
+
+}  // namespace
+
+void nf4_build_product_tables(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1, int8_t* tables,
+                              float* xscale, int digits) {
+  if (digits == kTableDigitsExact)
+    build_tables<kTableDigitsExact>(code, x, K, s0, s1, tables, xscale);
+  else
+    build_tables<kTableDigitsInt16>(code, x, K, s0, s1, tables, xscale);
+}
+
+void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
+                     int64_t g0, int64_t g1, float* y, int digits) {
+  if (digits == kTableDigitsExact)
+    decode_rows<kTableDigitsExact>(L, tables, xscale, bias, g0, g1, y);
+  else
+    decode_rows<kTableDigitsInt16>(L, tables, xscale, bias, g0, g1, y);
 }
 
 void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel) {

@@ -10,6 +10,7 @@
 #include "base/cpu_features.h"
 #include "base/error.h"
 #include "base/parallel.h"
+#include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::quant {
 
@@ -93,6 +94,19 @@ void nf4_gemv_q16(const float* x, int64_t M, const NF4Matrix& W, const float* bi
       kernel(W, table, xq.as<int16_t>(), xscale.as<float>(), bias, n0, n1, y + m * N);
     });
   }
+}
+
+void nf4_matmul_int16(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y,
+                      const NF4DecodeLayout* decode) {
+  W.validate(/*need_packed=*/!decode);
+  ECOM_CHECK_ARG(M > 0, "nf4 matmul_int16: x has no rows");
+  ECOM_CHECK_ARG(nf4_gemv_q16_supported(W), "nf4 matmul_int16: needs in_features and blocksize to be multiples of ",
+                 kQ16Chunk, " and code values in [-1, 1]; got in_features ", W.cols, ", blocksize ", W.blocksize);
+  if (decode) ECOM_CHECK_ARG(decode->rows == W.rows && decode->cols == W.cols, "nf4 matmul_int16: decode layout is of ",
+                             "another shape");
+  if (decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y, kTableDigitsInt16)) return;
+  AlignedBuffer restored;  // W's codes restored from `decode` when its owner released them
+  nf4_gemv_q16(x, M, nf4_with_codes(W, decode, restored), bias, y);
 }
 
 }  // namespace ecomllm::quant

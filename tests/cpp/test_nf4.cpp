@@ -387,9 +387,15 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
     EXPECT_EQ(ran, nf4_decode_kernel_available());
     if (ran) {
       EXPECT_LE(rel_err(y, y_ref), 1e-5) << "N=" << c.N << " K=" << c.K;
+      // Two digits (16-bit products, the int16-activation product): ~6e-5, held to 5e-4 as q16.
+      std::vector<float> y16(c.M * c.N, NAN);
+      ASSERT_TRUE(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y16.data(), kTableDigitsInt16));
+      EXPECT_LE(rel_err(y16, y_ref), 5e-4) << "N=" << c.N << " K=" << c.K;
+      EXPECT_GT(rel_err(y16, y_ref), rel_err(y, y_ref));
     } else {
       for (float v : y) EXPECT_TRUE(std::isnan(v));  // nothing written
     }
+    EXPECT_THROW(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data(), 4), ValueError);
   }
   const Weight odd = make_weight(4, 96, 64, false, 67);  // K % 64 != 0
   EXPECT_FALSE(nf4_decode_layout_supported(odd.m));

@@ -179,6 +179,51 @@ def test_unsupported_weights_and_unavailable_cpus_change_nothing():
         one_d.prepare_decoding()
 
 
+TOL_INT16 = 5e-4  # as tests/python/test_nf4_gemv_q16.py: 16-bit products, ~6e-5 measured
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,n,k,bs,dq", [c for c in CASES if c[2] % 64 == 0])
+def test_int16_activations_read_the_layout(m, n, k, bs, dq):
+    # activations="int16" on a weight with a decode layout: the layout's kernel with two-digit
+    # (16-bit) product tables, not the q16 kernel over restored codes. Same tolerance as q16.
+    t = _weight(n, k, bs, dq, seed=n + k + 1)
+    rng = np.random.default_rng(m * 5 + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T + bias
+    q16 = t.matmul(x, bias=bias, activations="int16")  # bitsandbytes' layout: the q16 kernel
+    assert t.prepare_decoding(keep_codes=False) is True
+    y = t.matmul(x, bias=bias, activations="int16")
+    assert y.shape == (m, n) and y.dtype == np.float32
+    assert rel_err(y, ref) <= TOL_INT16
+    assert not np.array_equal(y, q16) or n * k < 256  # another kernel ran
+    assert not t.holds_codes  # nothing restored for good
+    # bf16 input, more rows than the exact kernel's 16 (one pass per row either way)
+    xb = rng.standard_normal((20, k)).astype(ml_dtypes.bfloat16)
+    refb = xb.astype(np.float64) @ t.dequantize().astype(np.float64).T
+    assert rel_err(t.matmul(xb, activations="int16"), refb) <= TOL_INT16
+
+
+@needs_kernel
+def test_int16_activations_on_the_layout_refuse_rows_like_the_exact_kernel():
+    # Rows the tables refuse (inf/NaN, a denormal segment scale) go to the q16 path over restored
+    # codes, which sends non-finite rows to the exact kernel: results as without the layout.
+    t = _weight(70, 256, seed=9)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    x[1, 5] = np.inf
+    x[2, :64] = 1e-35
+    want = t.matmul(x, activations="int16")
+    assert t.prepare_decoding(keep_codes=False) is True
+    got = t.matmul(x, activations="int16")
+    np.testing.assert_array_equal(got, want)  # the whole call refused: the same kernel, same codes
+    ref = x[[0, 2]].astype(np.float64) @ t.dequantize().astype(np.float64).T
+    assert rel_err(got[[0, 2]], ref) <= TOL_INT16
+    assert not np.array_equal(t.matmul(x[:1], activations="int16"), want[:1])  # row 0 alone: the tables
+    assert not t.holds_codes
+
+
 @pytest.mark.parametrize("factor", [3.0, 0.5])
 def test_code_books_from_files_beyond_nf4s_range(factor):
     # A file's quant_map can hold any values. The tables' digits are sized for |code| <= 1: a
