@@ -907,6 +907,11 @@ class Bench:
                     d["held_bytes_per_matrix_codes_released"] for d in gd.values()) / weights
                 res["decode_layout_bits_per_weight"] = 8.0 * sum(
                     d["extra_bytes_per_matrix"] for d in gd.values()) / weights
+                # the bytes that kernel actually streams (codes + fp32 block scales), for context
+                res["gemv_streamed_gbs"] = sum(d["extra_bytes_per_matrix"] for d in gd.values()) / \
+                    sum(d["ms_per_call_median"] * 1e-3 for d in gd.values()) / 1e9
+                if bw:
+                    res["gemv_streamed_vs_bandwidth"] = res["gemv_streamed_gbs"] / bw
         # the int16-activation kernel (opt-in), on the default path's layout: same matrices, same passes
         g16 = {k: d["int16"] for k, d in g.items() if "int16" in d}
         if g16 and len(g16) == len(g):
@@ -998,6 +1003,10 @@ DEFINITIONS = {
     "ours_vs_bnb_gemv": "gemv_gbs / bnb_gemv_gbs (> 1: ours faster); per shape: bnb ms / our ms",
     "gemv_layout": "which layout gemv_gbs ran on: the decode layout where the default decoding policy lays the "
                    "codes out on this CPU (AVX-512 VBMI + VNNI), else bitsandbytes'",
+    "gemv_streamed_gbs": "bytes per second the default path's kernel actually streams where it is the decode layout "
+                         "(codes + fp32 block scales: decode_layout_bits_per_weight), where gemv_gbs counts the NF4 "
+                         "state's bytes (nf4_held_bits_per_weight); gemv_streamed_vs_bandwidth: how close the stream "
+                         "comes to read_bandwidth_gbs (context; the target is on gemv_vs_bandwidth)",
     "gemv_int16_layout": "which layout the opt-in int16-activation kernel (gemv_int16_*) ran on: the decode layout "
                          "(two-digit product tables) where gemv_gbs did, else bitsandbytes' (the q16 kernel)",
     "gemv_bnb_layout_gbs": "gemv_gbs for the kernel over bitsandbytes' layout (prepare_decoding(False)), same "
@@ -1030,7 +1039,8 @@ def build_output(b, args, threads: int, cfg: Config, env_info: dict) -> dict:
         "read_bandwidth_gbs", "read_bandwidth_method",
         "gemv_gbs", "gemv_vs_bandwidth", "gemv_layout", "gemv_cache_hot_gbs", "gemv_cache_hot_vs_bandwidth",
         "gemv_gbs_4096x4096", "gemv_gbs_11008x4096", "gemv_ms_4096x4096", "gemv_ms_11008x4096",
-        "gemv_max_rel_err", "gemv_held_bits_per_weight", "gemv_working_set_bytes",
+        "gemv_max_rel_err", "gemv_held_bits_per_weight", "gemv_working_set_bytes", "gemv_streamed_gbs",
+        "gemv_streamed_vs_bandwidth",
         "gemv_bnb_layout_gbs", "gemv_bnb_layout_vs_bandwidth", "gemv_bnb_layout_cache_hot_gbs",
         f"gemm_gflops_m{GEMM_M}", f"numpy_fp32_gflops_m{GEMM_M}", f"torch_fp32_gflops_m{GEMM_M}",
         "gemm_vs_fp32_blas", "gemm_vs_torch_fp32", "machine_peak_gflops", "gemm_fraction_of_peak",
