@@ -4,11 +4,11 @@
 // Table layout, per octet o (columns 8 o .. 8 o + 7; D digits x 128 bytes, D = 3 exact or 2 for
 // int16 activations), digit d (0: low byte) and nibble h (0: the high nibble of each code byte =
 // the even column, 1: the low nibble = the odd column): 64 bytes, entry 16 i + c = digit d of
-// q(code c, column 8 o + 2 i + h). A code byte at byte i of its row's
-// dword thus indexes entry (nibble | i << 4), which one ternary-logic op builds for all 64 bytes.
-// Per 64-byte chunk (16 rows x 8 columns): 1 load, a shift, 2 ternary-logic ops, 2 D vpermb and
-// 2 D vpdpbusd (digit sums of each row's 4 bytes into int32); a supergroup's 4 chunks of an octet
-// share the octet's 2 D tables, held in registers.
+// q(code c, column 8 o + 2 i + h). A code byte at byte i of its row's dword thus indexes entry
+// (nibble | i << 4), which one ternary-logic op builds for all 64 bytes. Per 64-byte chunk (16 rows
+// x 8 columns): 1 load, a shift, 2 ternary-logic ops, 2 x D vpermb and 2 x D vpdpbusd (digit sums
+// of each row's 4 bytes into int32); a supergroup's 4 chunks of an octet share the octet's 2 x D
+// tables, held in registers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -57,9 +57,10 @@ void build_tables(const float* code, const float* x, int64_t K, int64_t s0, int6
   constexpr int64_t kOctetBytes = D * 128;
   const __m512 codes = _mm512_loadu_ps(code);
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  // Signed digits q = d0 + 2^8 d1 (+ 2^16 d2) (all but the top one in [-128, 127]) are the bytes of
-  // u = q + 0x80 (+ 0x8000) with the top bits of all but the top byte flipped. Byte p of the 4 x 16 values u[i][c] -> entry
-  // 16 i + c of a table: two two-source byte permutes (columns i = 0, 1 and i = 2, 3) and a blend.
+  // Signed digits q = d0 + 2^8 d1 (+ 2^16 d2), all but the top one in [-128, 127], are the bytes of
+  // u = q + 0x80 (+ 0x8000) with the top bits of all but the top byte flipped. Byte p of the 4 x 16
+  // values u[i][c] -> entry 16 i + c of a table: two two-source byte permutes (columns i = 0, 1 and
+  // i = 2, 3) and a blend.
   alignas(64) static const auto kPlaneIndex = [] {
     struct { uint8_t idx[3][64]; } t{};
     for (int p = 0; p < 3; ++p)

@@ -35,7 +35,7 @@ void nf4_gemv_q16(const float* x, int64_t M, const NF4Matrix& W, const float* bi
 // The int16-activation product of a weight that may have a decode layout (quant/nf4_decode_layout.h;
 // W.packed may then be null): where the layout's kernel runs, its tables with 16-bit products
 // (two digits: each code * x rounded to 2^-15 of its 64-column segment's largest |x|, ~6e-5 of
-// max |y| as here; 4 lookups and 4 dot products per 64 bytes instead of 6 and 6, 1.3-1.4x the
+// max |y| as here; 4 lookups and 4 dot products per 64 bytes instead of 6 and 6, 1.25-1.4x the
 // exact table kernel cache-hot on Zen 4); else nf4_gemv_q16 over
 // W's codes (restored from the layout for the call when released). Same preconditions as
 // nf4_gemv_q16.
