@@ -467,6 +467,40 @@ def test_concurrent_search_insert_delete_from_threads():
     assert not np.isin(ids, deleted).any()
 
 
+def test_filtered_searches_while_an_add_grows_the_storage():
+    # An add reserves its slots (ids -> slots in the id map) before inserting them. A filtered
+    # search that found reserved slots past the storage read past it (a segfault, ~1 run in 6 of
+    # the test above): storage now grows before slots are reserved. Each big add here reserves
+    # far past the old capacity while filtered (exact) searches run.
+    x, _ = clustered(20000, 8, seed=21, queries=1)
+    allowed = np.arange(0, 20000, 25)  # 800 ids: exact search over the allowed set
+    for _ in range(6):
+        idx = HNSWIndex(8, M=8, ef_construction=20)
+        idx.add(x[:50], ids=np.arange(50), num_threads=1)
+        errors, stop = [], threading.Event()
+
+        def searcher():
+            try:
+                while not stop.is_set():
+                    ids, _ = idx.search(x[:2], k=3, filter=allowed, num_threads=1)
+                    assert np.isin(ids[ids >= 0], allowed).all()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=searcher) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            idx.add(x[50:], ids=np.arange(50, 20000), num_threads=1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors
+        assert len(idx) == 20000
+        idx._ix.check_graph()
+
+
 # ---- quantised storage -------------------------------------------------------------------------------
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_bf16_and_int8_recall_within_002_of_f32(metric):
