@@ -88,7 +88,8 @@ class PyNF4Matrix {
   }
 
   // x [..., K] float32 or bfloat16 -> y [..., N] float32.
-  // int16_activations: the q16 GEMV (quant/nf4_gemv_q16.h) instead of the exact fp32 kernels.
+  // int16_activations: nf4_matmul_int16 (quant/nf4_gemv_q16.h: the decode layout's two-digit
+  // tables where there is one, else the q16 GEMV) instead of the exact fp32 kernels.
   py::array_t<float> matmul(const py::array& x, std::optional<py::array> bias, bool bf16_bits,
                             bool int16_activations) const {
     if (int16_activations)

@@ -23,9 +23,14 @@ bool nf4_gemv_q16_supported(const NF4Matrix& W) {
 
 namespace {
 
+// Smallest non-zero chunk max |x| taken: above it 16383 / max is finite and the chunk's scale
+// max / 2^28 a normal float (below, 16383 / max overflowed to inf: ~3x errors at 1e-35).
+constexpr float kQ16MinChunkMax = 0x1p-90f;
+
 // x[K] -> xq[K] (in the kernel's order: q16_position within each 64-chunk, or with `grouped`
 // q16_group_position within each 128-group) and xscale[K / 64] such that x ~= xq * xscale * 2^14
-// (the 2^14 undoes the code scale). False when x holds inf or NaN.
+// (the 2^14 undoes the code scale). False when x holds inf or NaN or a chunk whose max |x| is
+// non-zero but below kQ16MinChunkMax (the caller then runs the row through the exact kernel).
 bool quantize_activations(const float* x, int64_t K, int16_t* xq, float* xscale, bool grouped) {
   for (int64_t c0 = 0; c0 < K; c0 += kQ16Chunk) {
     float amax = 0.0f;
@@ -35,7 +40,7 @@ bool quantize_activations(const float* x, int64_t K, int16_t* xq, float* xscale,
       finite &= a <= std::numeric_limits<float>::max();  // false for inf and NaN (which std::max would skip)
       amax = std::max(amax, a);
     }
-    if (!finite) return false;
+    if (!finite || (amax != 0.0f && amax < kQ16MinChunkMax)) return false;
     const float inv = amax > 0.0f ? static_cast<float>(kQ16XMax) / amax : 0.0f;
     for (int64_t e = 0; e < kQ16Chunk; ++e) {
       const long q = std::lrint(x[c0 + e] * inv);

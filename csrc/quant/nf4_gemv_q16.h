@@ -29,7 +29,8 @@ bool nf4_gemv_q16_supported(const NF4Matrix& W);
 
 // y[M, N] = x[M, K] @ dequant(W)^T (+ bias) with int16 activations (M small: one pass over W per
 // row of x). Throws ValueError when !nf4_gemv_q16_supported(W); a row of x holding inf or NaN
-// runs through the exact kernel instead (so non-finite values propagate as they would there).
+// runs through the exact kernel instead (so non-finite values propagate as they would there), as
+// does a row with a 64-element chunk whose max |x| is below 2^-90 but not 0.
 void nf4_gemv_q16(const float* x, int64_t M, const NF4Matrix& W, const float* bias, float* y);
 
 // The int16-activation product of a weight that may have a decode layout (quant/nf4_decode_layout.h;

@@ -242,7 +242,8 @@ class NF4Tensor:
         relative difference from the fp32 kernel and several times its speed at one row of x
         on AVX2. Needs ``in_features`` and the blocksize to be multiples of 64
         (:attr:`supports_int16_activations`); meant for a few rows of x (each row is one pass
-        over W). Rows holding inf/NaN fall back to the fp32 kernel.
+        over W). Rows holding inf/NaN, or a 64-element chunk whose max |x| is below 2^-90 but
+        not 0, fall back to the fp32 kernel.
 
         On CPUs with AVX-512 VBMI and VNNI the first fp32 call with 1-16 rows of x lays the
         codes out for decoding (``prepare_decoding(keep_codes=False)``: exact to ~1e-6, about
@@ -284,7 +285,8 @@ class NF4Tensor:
         (:attr:`memory_nbytes`). Matmuls of more rows then decode their weight panels straight
         from the layout (bit-identical to bitsandbytes' layout, and faster); the paths that read
         bitsandbytes' layout (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16
-        activations, matmuls on AMX tiles, 1-3 rows the table kernel refuses, every matmul below
+        activations on rows the tables refuse, matmuls on AMX tiles, 1-3 rows the table kernel
+        refuses, every matmul below
         the ``avx512`` level) restore a transient copy of the codes per call (~1-2 ms per 4096 x
         4096 weight), so it suits serving more than training. Calling again with
         ``keep_codes=True`` brings the codes back.

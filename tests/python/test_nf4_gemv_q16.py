@@ -81,6 +81,11 @@ def test_outliers_zeros_and_non_finite_rows():
     ref = x[:2].astype(np.float64) @ wd.T
     assert rel_err(y[:2], ref) <= TOL
     assert np.isnan(y[2]).all()
+    # tiny rows: 16383 / max|x| would overflow; such rows take the fp32 kernel (was ~3x error)
+    for scale in (1e-30, 1e-35, 1e-37):
+        xs = (x[:2] * np.float32(scale)).astype(np.float32)
+        ref = xs.astype(np.float64) @ wd.T
+        assert rel_err(t.matmul(xs, activations="int16"), ref) <= TOL, scale
 
 
 def test_unsupported_shapes_and_bad_arguments_raise():
