@@ -1053,9 +1053,8 @@ void HnswIndex::rebuild_live() {
   // tests/python/test_hnsw.py): k=1 recall of every live row at ef = 64, min over 30-40 runs,
   // 0.9949 in slot order against 0.9989 shuffled; test_rebuild_after_reorder_keeps_recall (20k
   // rows, M = 6, single-threaded) has 0.9986 against 0.9996. On 100k x 32-d rows, M = 16 no
-  // difference beyond noise, and the rebuild takes
-  // ~25% longer shuffled (its inserts lose locality): the price of a graph that does not depend
-  // on the layout.
+  // difference beyond noise, and the rebuild takes ~25% longer shuffled (its inserts lose
+  // locality): the price of a graph that does not depend on the layout.
   std::vector<uint32_t> insert_order(static_cast<size_t>(n));
   std::iota(insert_order.begin(), insert_order.end(), 0u);
   for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates over splitmix64 draws

@@ -51,13 +51,10 @@ struct NF4DecodeLayout {
 };
 
 // cols % 64 == 0 and blocksize % 64 == 0 (a 64-column segment of a row lies in one block), and
-// every code-book value in [-1, 1], as NF4's are: the tables' digits are sized for |code| <= 1
-// (a file's quant_map may hold anything; other code books take the other kernels).
+// every code-book value in [-1, 1] (NF4Matrix::code_within_unit; other code books take the other
+// kernels).
 inline bool nf4_decode_layout_supported(const NF4Matrix& W) {
-  if (W.cols % 64 != 0 || W.blocksize % 64 != 0 || !W.code) return false;
-  for (int c = 0; c < 16; ++c)
-    if (!(W.code[c] >= -1.0f && W.code[c] <= 1.0f)) return false;  // NaN fails too
-  return true;
+  return W.cols % 64 == 0 && W.blocksize % 64 == 0 && W.code_within_unit();
 }
 // Whether this CPU runs the kernel: AVX-512 level active, VBMI and VNNI present.
 bool nf4_decode_kernel_available();

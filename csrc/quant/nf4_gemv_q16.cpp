@@ -15,10 +15,7 @@
 namespace ecomllm::quant {
 
 bool nf4_gemv_q16_supported(const NF4Matrix& W) {
-  if (W.cols % kQ16Chunk != 0 || W.blocksize % kQ16Chunk != 0 || !W.code) return false;
-  for (int c = 0; c < 16; ++c)
-    if (!(std::fabs(W.code[c]) <= 1.0f)) return false;
-  return true;
+  return W.cols % kQ16Chunk == 0 && W.blocksize % kQ16Chunk == 0 && W.code_within_unit();
 }
 
 namespace {

@@ -39,6 +39,15 @@ struct NF4Matrix {
   // Throws ValueError if the pointers or sizes are inconsistent. need_packed = false: `packed` may
   // be null (its owner keeps the codes in a decode layout instead, quant/nf4_decode_layout.h).
   void validate(bool need_packed = true) const;
+  // Whether `code` is set and every code-book value lies in [-1, 1] (NaN fails), as NF4's do: the
+  // integer kernels (q16, the decode layout's tables) size their digits for |code| <= 1, and a
+  // file's quant_map may hold anything.
+  bool code_within_unit() const {
+    if (!code) return false;
+    for (int c = 0; c < 16; ++c)
+      if (!(code[c] >= -1.0f && code[c] <= 1.0f)) return false;
+    return true;
+  }
 };
 
 // Leaf kernels of one SIMD level. All ranges are half-open; all matrices are row-major.
