@@ -627,8 +627,11 @@ void HnswIndex::add(const float* x, const int64_t* ids, int64_t n, int num_threa
     for (int64_t i = 0; i < n; ++i) {
       ECOM_CHECK_ARG(ids[i] >= 0, "ids must be >= 0 (-1 pads search results), got ", ids[i], " at position ", i);
       ECOM_CHECK_ARG(batch.insert(ids[i]).second, "id ", ids[i], " appears twice in this batch");
-      ECOM_CHECK_ARG(!id_map_.count(ids[i]), "id ", ids[i],
-                     " is already in the index (delete it first to replace its vector)");
+      if (id_map_.count(ids[i]))
+        throw ValueError(detail::concat("id ", ids[i],
+                                        live_slot(ids[i]) >= 0
+                                            ? " is already in the index (delete it first to replace its vector)"
+                                            : " is being added by another add() call"));
     }
     const int64_t fresh = std::max<int64_t>(0, n - static_cast<int64_t>(free_slots_.size()));
     ECOM_CHECK_ARG(slots_used_ + fresh < (int64_t{1} << 32) - 1, "the index cannot hold more than 2^32 - 2 vectors");
@@ -816,25 +819,27 @@ SearchStats HnswIndex::search(const float* q, int64_t nq, int64_t k, int64_t ef,
 
 // ---- delete, labels, reads ----------------------------------------------------------------------
 
+int64_t HnswIndex::live_slot(int64_t id) const {
+  const auto it = id_map_.find(id);
+  if (it == id_map_.end() || state_ref(it->second).load(std::memory_order_acquire) != kLive) return -1;
+  return it->second;
+}
+
 int64_t HnswIndex::remove(const int64_t* ids, int64_t n, bool missing_ok) {
   check_writable();
   std::shared_lock<std::shared_mutex> shared(global_);
   std::lock_guard<std::mutex> lock(ids_mutex_);
-  // An id whose add is still running (mapped, slot not live yet) counts as absent: marking it
-  // deleted now would be undone when its insert publishes the slot.
-  auto live_slot = [&](int64_t id) {
-    const auto it = id_map_.find(id);
-    return it != id_map_.end() && state_ref(it->second).load(std::memory_order_acquire) == kLive ? it : id_map_.end();
-  };
+  // An id whose add is still running counts as absent: marking it deleted now would be undone
+  // when its insert publishes the slot.
   if (!missing_ok)
     for (int64_t i = 0; i < n; ++i)
-      ECOM_CHECK_ARG(live_slot(ids[i]) != id_map_.end(), "id ", ids[i], " is not in the index (pass missing_ok=True to ignore)");
+      ECOM_CHECK_ARG(live_slot(ids[i]) >= 0, "id ", ids[i], " is not in the index (pass missing_ok=True to ignore)");
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const auto it = live_slot(ids[i]);
-    if (it == id_map_.end()) continue;
-    state_ref(it->second).store(kDeleted, std::memory_order_release);
-    id_map_.erase(it);
+    const int64_t slot = live_slot(ids[i]);
+    if (slot < 0) continue;
+    state_ref(static_cast<uint32_t>(slot)).store(kDeleted, std::memory_order_release);
+    id_map_.erase(ids[i]);
     ++removed;
   }
   live_.fetch_sub(removed, std::memory_order_relaxed);
@@ -842,36 +847,44 @@ int64_t HnswIndex::remove(const int64_t* ids, int64_t n, bool missing_ok) {
   return removed;
 }
 
+// The readers and set_labels below see an id once its insert has published the slot (the same
+// rule as search): before that its label would be overwritten by the insert and its row may be
+// unwritten.
+std::vector<uint32_t> HnswIndex::live_slots(const int64_t* ids, int64_t n) const {
+  std::vector<uint32_t> slots(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot = live_slot(ids[i]);
+    ECOM_CHECK_ARG(slot >= 0, "id ", ids[i], " is not in the index");
+    slots[static_cast<size_t>(i)] = static_cast<uint32_t>(slot);
+  }
+  return slots;
+}
+
 void HnswIndex::set_labels(const int64_t* ids, const int64_t* labels, int64_t n) {
   check_writable();
   std::shared_lock<std::shared_mutex> shared(global_);
   std::lock_guard<std::mutex> lock(ids_mutex_);
-  for (int64_t i = 0; i < n; ++i)
-    ECOM_CHECK_ARG(id_map_.count(ids[i]), "id ", ids[i], " is not in the index");
-  for (int64_t i = 0; i < n; ++i) label_[id_map_.at(ids[i])] = labels[i];
+  const std::vector<uint32_t> slots = live_slots(ids, n);  // all checked before any is written
+  for (int64_t i = 0; i < n; ++i) label_[slots[static_cast<size_t>(i)]] = labels[i];
 }
 
 void HnswIndex::get_labels(const int64_t* ids, int64_t n, int64_t* out) const {
   std::shared_lock<std::shared_mutex> shared(global_);
   std::lock_guard<std::mutex> lock(ids_mutex_);
-  for (int64_t i = 0; i < n; ++i) {
-    const auto it = id_map_.find(ids[i]);
-    ECOM_CHECK_ARG(it != id_map_.end(), "id ", ids[i], " is not in the index");
-    out[i] = label_[it->second];
-  }
+  const std::vector<uint32_t> slots = live_slots(ids, n);
+  for (int64_t i = 0; i < n; ++i) out[i] = label_[slots[static_cast<size_t>(i)]];
 }
 
 bool HnswIndex::contains(int64_t id) const {
   std::lock_guard<std::mutex> lock(ids_mutex_);
-  return id_map_.count(id) > 0;
+  return live_slot(id) >= 0;
 }
 
 void HnswIndex::get_vectors(const int64_t* ids, int64_t n, float* out) const {
   std::shared_lock<std::shared_mutex> shared(global_);
   std::lock_guard<std::mutex> lock(ids_mutex_);
-  for (int64_t i = 0; i < n; ++i)
-    ECOM_CHECK_ARG(id_map_.count(ids[i]), "id ", ids[i], " is not in the index");
-  for (int64_t i = 0; i < n; ++i) decode_row(id_map_.at(ids[i]), out + i * p_.dim);
+  const std::vector<uint32_t> slots = live_slots(ids, n);
+  for (int64_t i = 0; i < n; ++i) decode_row(slots[static_cast<size_t>(i)], out + i * p_.dim);
 }
 
 std::vector<int64_t> HnswIndex::ids() const {
@@ -880,7 +893,7 @@ std::vector<int64_t> HnswIndex::ids() const {
   std::vector<int64_t> out;
   out.reserve(id_map_.size());
   for (int64_t slot = 0; slot < slots_used_; ++slot)
-    if (state_ref(static_cast<uint32_t>(slot)).load(std::memory_order_relaxed) == kLive) out.push_back(ext_id_[slot]);
+    if (state_ref(static_cast<uint32_t>(slot)).load(std::memory_order_acquire) == kLive) out.push_back(ext_id_[slot]);
   return out;
 }
 

@@ -121,6 +121,8 @@ class HnswIndex {
   // the graph itself are unchanged; searches wait while it runs.
   void reorder();
 
+  // Ids count as present once their add() has inserted them (as for search and remove), not while
+  // the add() that reserved them is still running; absent ids are a ValueError.
   void set_labels(const int64_t* ids, const int64_t* labels, int64_t n);
   void get_labels(const int64_t* ids, int64_t n, int64_t* out) const;
   bool contains(int64_t id) const;
@@ -177,6 +179,9 @@ class HnswIndex {
   std::vector<uint32_t> locality_order() const;  // reorder(): new position -> old slot
   // reorder() body; wait=false skips (instead of waiting) while an add() holds reserved slots.
   void reorder_slots(bool wait);
+  // Slot of a live id, -1 when absent or its add() has not published it yet; caller holds ids_mutex_.
+  int64_t live_slot(int64_t id) const;
+  std::vector<uint32_t> live_slots(const int64_t* ids, int64_t n) const;  // ValueError for any absent id
   // Holding global_ exclusively, takes ids_mutex_ once no add() is between reserving its slots
   // and inserting them (releasing global_ meanwhile); wait=false returns at once.
   std::unique_lock<std::mutex> lock_without_adds(std::unique_lock<std::shared_mutex>& exclusive, bool wait) const;

@@ -34,7 +34,9 @@ are collected.
 
 Concurrency: searches may run from several Python threads while other threads add or delete
 (the GIL is released inside). ``compact()``, ``save()`` and capacity growth wait for running
-calls and block others briefly.
+calls and block others briefly. A row being added counts as present once it is inserted: until
+then ``id in idx`` is False, ``get_vectors``/``get_labels``/``set_labels``/``delete`` treat its id
+as absent (ValueError), and adding the same id again is refused ("being added").
 
 Deletes: ``delete(ids)`` hides rows at once (they are never returned). ``compact()`` repairs the
 graph links around deleted rows and frees their slots for later adds, keeping recall where a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -499,6 +500,54 @@ def test_filtered_searches_while_an_add_grows_the_storage():
         assert not errors, errors
         assert len(idx) == 20000
         idx._ix.check_graph()
+
+
+def test_ids_of_a_running_add_count_as_absent_until_inserted():
+    # An add reserves all its ids before inserting any. Until its insert publishes an id, that
+    # id is absent for contains/get_vectors/get_labels/set_labels as it is for search and
+    # delete: a label set earlier was overwritten by the insert, and get_vectors could return a
+    # row not yet written.
+    x, _ = clustered(20000, 8, seed=23, queries=1)
+    idx = HNSWIndex(8, metric="l2", M=8, ef_construction=20)
+    idx.add(x[:50], ids=np.arange(50), num_threads=1)
+    last = 19999  # inserted last: the add runs on one thread, in order
+    errors = []
+
+    def adder():
+        try:
+            idx.add(x[50:], ids=np.arange(50, 20000), num_threads=1)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=adder)
+    t.start()
+    seen_absent = labelled = False
+    try:
+        while t.is_alive() and len(idx) <= 50:  # until its ids are reserved: inserts have begun
+            time.sleep(0.001)
+        while t.is_alive() and not labelled:
+            # Each call either sees `last` absent (ValueError) or inserted (its row, a label that stays).
+            try:
+                np.testing.assert_array_equal(idx.get_vectors([last]), x[[last]])
+            except ValueError as e:
+                assert "not in the index" in str(e)
+                seen_absent = True
+            with pytest.raises(ValueError, match="already in the index|being added"):
+                idx.add(x[last : last + 1], ids=[last])
+            try:
+                idx.set_labels([last], [7])
+                labelled = True
+            except ValueError as e:
+                assert "not in the index" in str(e)
+    finally:
+        t.join()
+    assert not errors, errors
+    assert seen_absent  # the window was exercised: the add was still running when polled
+    if not labelled:
+        idx.set_labels([last], [7])
+    assert idx.get_labels([last])[0] == 7  # a label set once the id was present stays
+    assert len(idx) == 20000 and last in idx
+    idx._ix.check_graph()
 
 
 # ---- quantised storage -------------------------------------------------------------------------------
