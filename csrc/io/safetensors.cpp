@@ -116,6 +116,33 @@ int json_depth(const char* p, size_t n, int limit) {
   return deepest;
 }
 
+// Records the top-level keys of a JSON object in the order they appear (std::map objects sort
+// them, and drop repeats). A SAX pass of its own: a parse callback would do the same, but
+// nlohmann's callback parser rescans the parent object each time a child object closes, O(n^2)
+// in the tensor count (a 6 MB header of 100k entries took minutes).
+struct TopLevelKeys {
+  std::vector<std::string>* keys;
+  int depth = 0;
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(Json::number_integer_t) { return true; }
+  bool number_unsigned(Json::number_unsigned_t) { return true; }
+  bool number_float(Json::number_float_t, const std::string&) { return true; }
+  bool string(std::string&) { return true; }
+  bool binary(Json::binary_t&) { return true; }
+  bool start_object(std::size_t) { return ++depth, true; }
+  bool end_object() { return --depth, true; }
+  bool start_array(std::size_t) { return ++depth, true; }
+  bool end_array() { return --depth, true; }
+  bool key(std::string& k) {
+    if (depth == 1) keys->push_back(k);
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
+    throw ValueError(e.what());  // the DOM parse before this pass already rejected invalid JSON
+  }
+};
+
 // A JSON number that is a non-negative integer, as uint64; false for anything else (floats,
 // negatives, strings, booleans).
 bool json_uint(const Json& v, uint64_t* out) {
@@ -371,10 +398,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   Json header;
   std::vector<std::string> order;  // top-level keys as they appear (std::map objects sort them)
   try {
-    header = Json::parse(text, text + header_len, [&](int depth, Json::parse_event_t event, Json& parsed) {
-      if (depth == 1 && event == Json::parse_event_t::key) order.push_back(parsed.get<std::string>());
-      return true;
-    });
+    header = Json::parse(text, text + header_len);
+    TopLevelKeys keys{&order};
+    Json::sax_parse(text, text + header_len, &keys);
   } catch (const Json::exception& e) {
     throw fail("header is not valid UTF-8 JSON (" + printable(e.what()) + ")");
   }

@@ -461,6 +461,20 @@ def test_legal_corner_cases(tmp_path):
         _core.SafetensorsFile.open(tmp_path / "missing.safetensors")
 
 
+
+def test_a_header_of_100k_tensors_keeps_order_and_refuses_repeats(tmp_path):
+    # The header's keys were once collected by a parse callback whose parser rescanned the object
+    # after each entry (O(n^2): this header of 100k empty tensors took minutes, ~0.4 s now).
+    p = tmp_path / "many.safetensors"
+    names = [f"t{(i * 7919) % 100000}" for i in range(100000)]  # not in sorted order
+    _write(p, {name: _entry(dtype="U8", shape=(0,), offsets=(0, 0)) for name in names})
+    f = _core.SafetensorsFile.open(p)
+    assert [t[0] for t in f.tensors()] == names
+    h = b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, "b": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, "a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}'
+    p.write_bytes(struct.pack("<Q", len(h)) + h)
+    with pytest.raises(ValueError, match="twice"):
+        _core.SafetensorsFile.open(p)
+
 # ---- fuzz: truncations and byte flips -------------------------------------------------------------
 
 def _check_accepted(path: os.PathLike, f) -> None:
