@@ -59,29 +59,6 @@ const DTypeEntry& dtype_entry(StDType t) {
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-// `s` with every byte that is not part of well-formed UTF-8 written as \xNN (messages quote file
-// bytes, and Python decodes exception messages as UTF-8). Long texts are cut.
-std::string printable(const std::string& s, size_t max_len = 200) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && out.size() < max_len;) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    bool ok = len > 0 && i + len <= s.size() && (c >= 0x20 || len > 1) && c != 0x7f;
-    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80;
-    if (ok) {
-      out.append(s, i, len);
-      i += len;
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-      ++i;
-    }
-  }
-  if (out.size() >= max_len) out += "...";
-  return out;
-}
-
 // A JSON value for an error message: compact, cut to a readable length.
 std::string short_dump(const Json& v) { return printable(v.dump(-1, ' ', false, Json::error_handler_t::replace)); }
 

@@ -4,7 +4,10 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <cstring>
 #include <filesystem>
+#include <optional>
+#include <string_view>
 #include <fstream>
 #include <iomanip>
 #include <mutex>
@@ -109,6 +112,118 @@ std::string train_error(const std::string& message) {
   return message;
 }
 
+// ---- checks sentencepiece does not make on a model it loads ----------------------------------
+// A few fields of the serialized ModelProto, read with a minimal protobuf walker (the generated
+// sentencepiece_model.pb.h is not part of Debian's libsentencepiece-dev).
+
+bool read_varint(const unsigned char*& p, const unsigned char* end, uint64_t& v) {
+  v = 0;
+  for (int shift = 0; shift < 64 && p < end; shift += 7) {
+    const unsigned char b = *p++;
+    v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if (!(b & 0x80)) return true;
+  }
+  return false;
+}
+
+// The last length-delimited field `field` of a message (protobuf: the last one wins), or nullopt.
+// Nullopt also for malformed bytes (sentencepiece parsed them already, so that does not happen).
+std::optional<std::string_view> last_bytes_field(std::string_view msg, uint32_t field) {
+  auto p = reinterpret_cast<const unsigned char*>(msg.data());
+  const auto* end = p + msg.size();
+  std::optional<std::string_view> found;
+  while (p < end) {
+    uint64_t key, v;
+    if (!read_varint(p, end, key)) return std::nullopt;
+    switch (key & 7) {
+      case 0:
+        if (!read_varint(p, end, v)) return std::nullopt;
+        break;
+      case 1:
+        if (end - p < 8) return std::nullopt;
+        p += 8;
+        break;
+      case 5:
+        if (end - p < 4) return std::nullopt;
+        p += 4;
+        break;
+      case 2:
+        if (!read_varint(p, end, v) || v > static_cast<uint64_t>(end - p)) return std::nullopt;
+        if ((key >> 3) == field) found = std::string_view(reinterpret_cast<const char*>(p), v);
+        p += v;
+        break;
+      default:
+        return std::nullopt;
+    }
+  }
+  return found;
+}
+
+// Whether a normalizer's precompiled_charsmap can be used without reading out of bounds.
+// sentencepiece checks only its size prefix; the double-array trie inside is trusted, and a
+// corrupt one made encode() read anywhere (a segfault). Layout: uint32 trie bytes, the trie
+// (darts-clone units of 4 bytes), then the replacement strings, each NUL-terminated. Walks every
+// trie state reachable from the root, as darts-clone's commonPrefixSearch does for any input
+// byte, and checks each unit read and each replacement string. Empty: no normalization, fine.
+std::string charsmap_problem(std::string_view blob) {
+  if (blob.empty()) return "";
+  uint32_t trie_bytes = 0;
+  if (blob.size() <= 4) return "shorter than its size prefix";
+  std::memcpy(&trie_bytes, blob.data(), 4);
+  if (trie_bytes >= blob.size() - 4 + 1 || trie_bytes < 4) return "trie size out of range";
+  const size_t n = trie_bytes / 4;
+  std::vector<uint32_t> unit(n);
+  std::memcpy(unit.data(), blob.data() + 4, n * 4);
+  const std::string_view strings = blob.substr(4 + static_cast<size_t>(trie_bytes));
+  // darts-clone's unit fields
+  auto offset = [](uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); };
+  auto label = [](uint32_t u) { return u & ((1u << 31) | 0xffu); };
+  auto has_leaf = [](uint32_t u) { return ((u >> 8) & 1) == 1; };
+  std::vector<uint8_t> seen(n, 0);
+  std::vector<uint32_t> todo;
+  auto visit = [&](uint64_t base) {  // a state: the node position after `^= offset`
+    if (base >= n) return false;
+    if (!seen[base]) seen[base] = 1, todo.push_back(static_cast<uint32_t>(base));
+    return true;
+  };
+  if (!visit(offset(unit[0]))) return "trie root points outside the trie";
+  while (!todo.empty()) {
+    const uint32_t base = todo.back();
+    todo.pop_back();
+    for (uint32_t c = 0; c < 256; ++c) {
+      const uint64_t pos = base ^ c;
+      if (pos >= n) return "trie node points outside the trie";
+      const uint32_t u = unit[pos];
+      if (label(u) != c) continue;
+      const uint64_t child = pos ^ offset(u);
+      if (!visit(child)) return "trie node points outside the trie";
+      if (has_leaf(u)) {
+        const uint32_t value = unit[child] & 0x7fffffffu;
+        if (value >= strings.size() || strings.find('\0', value) == std::string_view::npos)
+          return "trie value points outside the replacement strings";
+      }
+    }
+  }
+  return "";
+}
+
+void check_model(const sentencepiece::SentencePieceProcessor& sp, const std::string& where) {
+  const std::string proto = sp.serialized_model_proto();  // canonical: each field once
+  const struct { uint32_t field; const char* name; } specs[] = {{3, "normalizer_spec"}, {5, "denormalizer_spec"}};
+  for (const auto& spec : specs) {
+    const std::optional<std::string_view> msg = last_bytes_field(proto, spec.field);
+    if (!msg) continue;
+    const std::optional<std::string_view> charsmap = last_bytes_field(*msg, 2);  // precompiled_charsmap
+    const std::string problem = charsmap ? charsmap_problem(*charsmap) : "";
+    ECOM_CHECK_ARG(problem.empty(), where, ": sentencepiece model has a corrupt ", spec.name,
+                   ".precompiled_charsmap (", problem, ")");
+  }
+  // Pieces come back to Python as str: each must be UTF-8 (sentencepiece's trainer writes only such).
+  for (int id = 0; id < sp.GetPieceSize(); ++id)
+    ECOM_CHECK_ARG(is_valid_utf8(sp.IdToPiece(id)), where, ": sentencepiece model piece ", id, " ('",
+                   printable(sp.IdToPiece(id)), "') is not valid UTF-8");
+}
+
 }  // namespace
 
 Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp) : sp_(std::move(sp)) {}
@@ -119,8 +234,9 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer Tokenizer::load(std::string_view bytes, const std::string& where) {
   auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
   const auto status = sp->LoadFromSerializedProto(bytes);
-  ECOM_CHECK_ARG(status.ok(), where, ": not a valid sentencepiece model (", status.message(), ")");
+  ECOM_CHECK_ARG(status.ok(), where, ": not a valid sentencepiece model (", printable(status.message()), ")");
   ECOM_CHECK_ARG(sp->GetPieceSize() > 0, where, ": sentencepiece model has an empty vocabulary");
+  check_model(*sp, where);
   return Tokenizer(std::move(sp));
 }
 

@@ -314,6 +314,92 @@ def test_bad_model_files_and_ids(llama_model, tmp_path):
     assert tok.piece_to_id("certainly-not-a-piece") == tok.unk_id
 
 
+def _varint(x: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, x = x & 0x7F, x >> 7
+        out.append(b | (0x80 if x else 0))
+        if not x:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:  # a length-delimited protobuf field
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _last_field(msg: bytes, number: int) -> bytes:
+    """The last length-delimited field `number` of a protobuf message (varint/fixed fields skipped)."""
+    i, found = 0, None
+
+    def varint() -> int:
+        nonlocal i
+        v = shift = 0
+        while True:
+            b = msg[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return v
+
+    while i < len(msg):
+        key = varint()
+        kind = key & 7
+        if kind == 0:
+            varint()
+        elif kind in (1, 5):
+            i += 8 if kind == 1 else 4
+        else:
+            n = varint()
+            if key >> 3 == number:
+                found = msg[i:i + n]
+            i += n
+    assert found is not None
+    return found
+
+
+def test_hostile_model_fields_are_refused_not_crashed(corpus, tmp_path):
+    # Appended ModelProto fields merge into the model (protobuf's rule), so each case below is a
+    # valid model plus one hostile field. Debian's libsentencepiece, which we link, accepts them all
+    # (the first made encode() segfault); ours refuses them, as newer sentencepiece releases do.
+    prefix = tmp_path / "nfkc"
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), vocab_size=300, model_type="bpe",
+                                   normalization_rule_name="nmt_nfkc", num_threads=1, minloglevel=2)
+    model = Path(f"{prefix}.model").read_bytes()
+    ref = spm.SentencePieceProcessor(model_proto=model)
+    tok = Tokenizer.from_bytes(model)  # the built-in NFKC charsmap passes the checks
+    assert tok.encode("Ｒed ﬁ shoe ①") == ref.encode("Ｒed ﬁ shoe ①")
+    charsmap = _last_field(_last_field(model, 3), 2)  # normalizer_spec.precompiled_charsmap
+    assert len(charsmap) > 100_000
+    trie_bytes = int.from_bytes(charsmap[:4], "little")
+
+    def with_charsmap(blob: bytes, spec: int = 3) -> bytes:  # 3: normalizer_spec, 5: denormalizer_spec
+        return model + _field(spec, _field(2, blob))
+
+    hostile = {
+        # a trie root whose offset points far outside (segfaulted in encode() before the check)
+        "root": b"\x04\x00\x00\x00" + b"\x01\x02\x03\x04" + b"\x00",
+        "no units": b"\x00\x00\x00\x00" + b"a\x00",
+        # the real trie cut to its first 256 units: its nodes point past the end
+        "cut trie": (1024).to_bytes(4, "little") + charsmap[4:4 + 1024] + b"\x00" * 16,
+        # the real trie without its replacement strings
+        "no strings": charsmap[:4 + trie_bytes] + b"x",
+        # replacement strings without their terminating NUL bytes
+        "no NULs": charsmap[:4 + trie_bytes] + charsmap[4 + trie_bytes:].replace(b"\x00", b"x"),
+    }
+    for name, blob in hostile.items():
+        for spec in (3, 5):
+            with pytest.raises(ValueError, match="corrupt (de)?normalizer_spec.precompiled_charsmap"):
+                Tokenizer.from_bytes(with_charsmap(blob, spec))
+    assert Tokenizer.from_bytes(with_charsmap(charsmap)).encode("ｶﾀｶﾅ") == ref.encode("ｶﾀｶﾅ")
+
+    piece = lambda text: _field(1, _field(1, text) + b"\x15\x00\x00\x00\x00")  # pieces { piece, score }
+    with pytest.raises(ValueError, match=r"piece \d+ \('\\xff'\) is not valid UTF-8"):
+        Tokenizer.from_bytes(model + piece(b"\xff"))  # decode() would have raised UnicodeDecodeError
+    with pytest.raises(ValueError, match=r"\\xff is already defined"):  # sentencepiece's message, escaped
+        Tokenizer.from_bytes(model + piece(b"\xff") + piece(b"\xff"))
+
+
 def test_train_errors_leave_no_partial_model(corpus, llama_model, tmp_path):
     out = tmp_path / "tok.model"
     with pytest.raises(ValueError, match="no_such_corpus.txt"):
