@@ -83,6 +83,16 @@ class _DoubleQuant:
     offset: float
 
 
+def _is_finite_number(v) -> bool:
+    """A JSON number (not bool) that is finite as a float (10**400 is not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -370,7 +380,7 @@ class NF4Tensor:
         raw = get(qs_keys[0])
         try:
             meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:  # ValueError covers bad UTF-8 and JSON
             raise NF4StateError(f"{qs_keys[0]}: unreadable quant state ({type(e).__name__}: {e})") from None
         if not isinstance(meta, dict) or "blocksize" not in meta or "shape" not in meta:
             raise NF4StateError(f"{qs_keys[0]}: quant state must be a JSON object with blocksize and shape")
@@ -407,8 +417,8 @@ class NF4Tensor:
             if nested.dtype != np.float32 or nested_code.dtype != np.float32:
                 raise NF4StateError("nested_absmax and nested_quant_map must be float32")
             offset = meta.get("nested_offset")
-            if not isinstance(offset, (int, float)) or isinstance(offset, bool):
-                raise NF4StateError(f"quant state lacks a numeric nested_offset (got {offset!r})")
+            if not _is_finite_number(offset):
+                raise NF4StateError(f"quant state lacks a finite numeric nested_offset (got {str(offset)[:40]})")
             dq = _DoubleQuant(np.ascontiguousarray(absmax.reshape(-1)), np.ascontiguousarray(nested.reshape(-1)),
                               np.ascontiguousarray(nested_code.reshape(-1)), float(offset))
             return cls(packed, None, shape, blocksize, dtype, quant_map.reshape(-1), dq)

@@ -113,8 +113,8 @@ def _read_header(f, file_size: int, path) -> tuple[dict, int]:
     raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: header is not valid UTF-8 JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, integers over 4300 digits, deep nesting
+        raise SafetensorsError(f"{path}: header is not valid UTF-8 JSON ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: header must be a JSON object")
     return header, 8 + header_len
@@ -176,5 +176,8 @@ def load_safetensors(path: str | os.PathLike, *, mmap: bool = True) -> dict[str,
             f.seek(data_start)
             buf = np.frombuffer(f.read(), dtype=np.uint8)
     for begin, end, name, dtype, shape in entries:
-        out[name] = buf[begin:end].view(dtype).reshape(shape)
+        try:
+            out[name] = buf[begin:end].view(dtype).reshape(shape)
+        except ValueError as e:  # numpy's own limits: more than 64 dimensions, "array is too big"
+            raise SafetensorsError(f"{path}: tensor {name!r} shape {shape}: {e}") from None
     return out

@@ -5,6 +5,8 @@ logits its examples give one per row (tolerance 1e-5 relative), so position rest
 attention barrier between packed examples are both exercised.
 """
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,26 @@ def test_packed_dataset_save_load(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.npz"):
         PackedDataset.load(tmp_path / "bad.npz")
+    # Found by fuzzing (each raised something other than ValueError): an empty file, a cut zip, a
+    # member with a pickled object array, a member declaring an absurd shape, and task arrays
+    # that are absent (AttributeError) or disagree.
+    good = (tmp_path / "d.npz").read_bytes()
+    arrays = {k: getattr(ds, k) for k in ("input_ids", "labels", "position_ids", "attention_mask", "examples_per_row")}
+    cases = {"empty.npz": b"", "cut.npz": good[: len(good) // 2]}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+    np.savez(tmp_path / "pickled.npz", **arrays, task_names=np.array([{"x": 1}], dtype=object))
+    header = b"{'descr': '<i4', 'fortran_order': False, 'shape': (100000000000, 100000), }"
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("input_ids.npy", npy)
+    np.savez(tmp_path / "mismatch.npz", **arrays, task_names=np.array(["a", "b"]), task_counts=np.array([1]))
+    for name in (*cases, "pickled.npz", "huge.npz", "mismatch.npz"):
+        with pytest.raises(ValueError, match=name):
+            PackedDataset.load(tmp_path / name)
+    np.savez(tmp_path / "no_tasks.npz", **arrays)
+    assert PackedDataset.load(tmp_path / "no_tasks.npz").tasks == {}
 
 
 def _tiny_model():

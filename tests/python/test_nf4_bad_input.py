@@ -508,7 +508,10 @@ def test_wrong_sizes(key, size_change, dq):
         NF4Tensor.from_state_dict(sd)
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"\xff\xfe\x00", b"[1, 2]", b"42", b"null", b'"nf4"'])
+@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"\xff\xfe\x00", b"[1, 2]", b"42", b"null", b'"nf4"',
+                                 b"[" * 100_000 + b"]" * 100_000, b"7" * 5000],
+                         ids=["empty", "brace", "text", "not_utf8", "list", "int", "null", "str", "nested_100k",
+                              "int_5000_digits"])
 def test_garbage_quant_state(raw):
     sd = _sd()
     sd[QS] = np.frombuffer(raw, np.uint8).copy()
@@ -522,7 +525,8 @@ def test_garbage_quant_state(raw):
     dict(shape=[8, 65]), dict(shape=[16, 64]), dict(shape=[4, 64]), dict(shape=[]), dict(shape=[0, 64]),
     dict(shape=[-8, -64]), dict(shape=[8, "x"]), dict(quant_type="fp4"), dict(dtype="float64"), dict(dtype="int8"),
     dict(nested_offset=_DELETE), dict(nested_offset="abc"), dict(nested_offset=None), dict(nested_blocksize=128),
-], ids=lambda c: ",".join(f"{k}={'DEL' if v is _DELETE else v}" for k, v in c.items()))
+    dict(nested_offset=10 ** 400), dict(nested_offset=True),
+], ids=lambda c: ",".join(f"{k}={'DEL' if v is _DELETE else str(v)[:20]}" for k, v in c.items()))
 def test_bad_quant_state_fields(changes):
     sd = _with_meta(_sd(), **changes)
     with pytest.raises(NF4StateError):
@@ -636,6 +640,12 @@ BAD_FILES = {
     "shape_product_overflows_int64": lambda p: _write_raw(p, {"a": _t(shape=(2 ** 62, 4), offsets=(0, 0))}),
     "shape_dim_exceeds_int64": lambda p: _write_raw(p, {"a": _t(shape=(2 ** 64,), offsets=(0, 0))}),
     "shape_zero_times_huge": lambda p: _write_raw(p, {"a": _t(shape=(0, 2 ** 63), offsets=(0, 0))}),
+    # found by fuzzing: these raised RecursionError / numpy's ValueError without the file's name
+    "json_nested_100k_deep": lambda p: _write_raw(p, None, raw_header=b'{"__metadata__":' + b"[" * 100_000
+                                                  + b"]" * 100_000 + b"}"),
+    "json_int_of_5000_digits": lambda p: _write_raw(p, None, raw_header=b'{"a": ' + b"7" * 5000 + b"}"),
+    "shape_of_65_dims": lambda p: _write_raw(p, {"a": _t(shape=(1,) * 65, offsets=(0, 4))}, b"\0" * 4),
+    "shape_too_big_for_numpy": lambda p: _write_raw(p, {"a": _t(shape=(2 ** 32, 2 ** 32, 0), offsets=(0, 0))}),
 }
 
 

@@ -392,6 +392,22 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(base, tmp_path, mo
     with pytest.raises(ValueError, match="sha256"):
         read_manifest(latest_checkpoint(out), verify=True)
 
+    # Hostile manifests (found by fuzzing: AttributeError, UnicodeDecodeError, RecursionError, or
+    # files outside the folder stat'ed) are ValueErrors naming the manifest.
+    ck = latest_checkpoint(out)
+    mf = ck / "manifest.json"
+    good = json.loads(mf.read_text())
+    first = next(iter(good["files"]))
+    for bad in ({**good, "files": {first: 3}}, {**good, "files": {first: None}},
+                {**good, "files": {"../../etc/passwd": {"size": 1}}}, {**good, "files": {"/etc/passwd": {"size": 1}}}):
+        mf.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="manifest.json"):
+            read_manifest(ck)
+    for raw in (b'{"format": "\xff"}', b"[" * 100_000 + b"]" * 100_000):
+        mf.write_bytes(raw)
+        with pytest.raises(ValueError, match="manifest.json"):
+            read_manifest(ck)
+
 
 def test_keep_last_and_stop_callback(base, tmp_path):
     data = packed(10, 6)

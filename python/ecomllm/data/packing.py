@@ -10,6 +10,7 @@ The unused tail of a row is right padding: ``attention_mask`` 0, labels IGNORE_I
 from __future__ import annotations
 
 import bisect
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -77,12 +78,16 @@ class PackedDataset:
         try:
             with np.load(path) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a packed dataset (.npz): {e}") from None
+        # corrupt zips, truncated members, pickled members, and headers declaring absurd shapes
+        except (OSError, ValueError, EOFError, NotImplementedError, MemoryError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a packed dataset (.npz): {type(e).__name__}: {e}") from None
         missing = {"input_ids", "labels", "position_ids", "attention_mask", "examples_per_row"} - arrays.keys()
         if missing:
             raise ValueError(f"{path}: packed dataset lacks arrays {sorted(missing)}")
-        tasks = dict(zip(arrays.get("task_names", []).tolist(), map(int, arrays.get("task_counts", []))))
+        names, counts = (arrays.get(k, np.zeros(0)) for k in ("task_names", "task_counts"))
+        if names.ndim != 1 or counts.ndim != 1 or len(names) != len(counts):
+            raise ValueError(f"{path}: task_names and task_counts must be 1-D arrays of the same length")
+        tasks = dict(zip(names.tolist(), map(int, counts)))
         return cls(*(arrays[k].astype(np.int32) for k in ("input_ids", "labels", "position_ids", "attention_mask",
                                                            "examples_per_row")), tasks)
 

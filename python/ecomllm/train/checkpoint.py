@@ -90,14 +90,18 @@ def read_manifest(path: str | os.PathLike, verify: bool = False) -> dict:
             manifest = json.load(f)
     except FileNotFoundError:
         raise ValueError(f"{path}: not a complete checkpoint (no {MANIFEST})") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{mf}: unreadable manifest: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
+        raise ValueError(f"{mf}: unreadable manifest: {type(e).__name__}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{mf}: not an ecomllm checkpoint manifest")
     step = _step_of(path)
     if step is not None and manifest.get("step") != step:
         raise ValueError(f"{mf}: step {manifest.get('step')!r} does not match the folder name")
     for rel, info in manifest["files"].items():
+        if not isinstance(info, dict):
+            raise ValueError(f"{mf}: entry {rel!r} of files must be an object with size and sha256")
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"{mf}: file {rel!r} lies outside the checkpoint folder")
         f = path / rel
         if not f.is_file():
             raise ValueError(f"{path}: file {rel} listed in the manifest is missing")
