@@ -23,6 +23,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <unordered_set>
@@ -709,13 +710,16 @@ void BM25Index::save(const std::string& path) const {
 }
 
 BM25Index BM25Index::load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  std::error_code ec;
+  const std::filesystem::file_status st = std::filesystem::status(path, ec);
+  ECOM_CHECK_ARG(std::filesystem::is_regular_file(st), path, ": no such file (expected a saved BM25 index)");
+  // Read to the end rather than by the size stat reports: /proc-style files report 0 and cannot seek.
+  std::ifstream f(path, std::ios::binary);
   if (!f) throw RuntimeError("cannot open " + path + ": " + errno_text());
-  const std::streamoff n = f.tellg();
-  ECOM_CHECK(n >= 0, "cannot size ", path);
-  std::vector<uint8_t> bytes(static_cast<size_t>(n));
-  f.seekg(0);
-  if (n > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), n)) throw RuntimeError("cannot read " + path);
+  std::vector<uint8_t> bytes;
+  char buf[1 << 16];
+  while (f.read(buf, sizeof buf) || f.gcount() > 0) bytes.insert(bytes.end(), buf, buf + f.gcount());
+  if (f.bad()) throw RuntimeError("cannot read " + path);
   try {
     return deserialize(bytes.data(), bytes.size());
   } catch (const ValueError& e) {

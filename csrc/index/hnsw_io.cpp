@@ -265,7 +265,7 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, bool mmap) {
   if (h.header_crc != header_crc(h)) throw bad("header checksum mismatch (the file is corrupted)");
   if (h.header_bytes != sizeof(FileHeader) || h.metric > 2 || h.storage > 2 || h.dim < 1 || h.dim > (1u << 20) ||
       h.M < 2 || h.M > 512 || h.ef_construction < 1 || h.ef_construction > 100000 || h.slots >= (uint64_t{1} << 32) - 1 ||
-      h.live + h.deleted > h.slots || h.upper_words > h.slots * 32 * (2 + h.M))
+      h.live > h.slots || h.deleted > h.slots - h.live || h.upper_words > h.slots * 32 * (2 + h.M))
     throw bad("header fields out of range (the file is corrupted)");
 
   HnswParams p;

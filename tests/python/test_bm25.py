@@ -299,6 +299,9 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(clone.search(queries, k=5)[0], bm.search(queries, k=5)[0])
     with pytest.raises(FileNotFoundError):
         BM25Index.load(tmp_path / "missing.bm25")
+    if os.path.exists("/proc/self/maps"):  # a file that reports 0 bytes and cannot seek (was RuntimeError)
+        with pytest.raises(ValueError, match="not a BM25 index"):
+            BM25Index.load("/proc/self/maps")
 
 
 def test_truncated_and_flipped_files_raise(tmp_path):
