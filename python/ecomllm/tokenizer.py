@@ -58,7 +58,10 @@ class Tokenizer:
     def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load a sentencepiece model file (``tokenizer.model``).
 
-        Raises ValueError naming the path when the file is missing or is not a sentencepiece model.
+        Raises ValueError naming the path when the file is missing or is not a sentencepiece model,
+        including models sentencepiece itself would load but that are unsafe or unusable from
+        Python: a normalizer charsmap whose trie points outside itself (encoding would read out of
+        bounds) or a piece that is not UTF-8.
 
         >>> tok = Tokenizer.from_file("TinyLlama-1.1B/tokenizer.model")
         >>> len(tok)
