@@ -1,6 +1,7 @@
 // safetensors reader (validating, mmap) and writer (atomic), HF sharded checkpoints. See safetensors.h.
 #include "io/safetensors.h"
 #include "io/atomic_file.h"
+#include "io/json_util.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -35,7 +36,7 @@ using Json = nlohmann::json;                // parsing: std::map objects, O(log 
 using OrderedJson = nlohmann::ordered_json;  // writing: keeps the given tensor order
 
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
-constexpr int kMaxJsonDepth = 16;                    // a valid header nests 3 deep
+constexpr int kMaxHeaderDepth = 16;                  // a valid header nests 3 deep
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 
@@ -59,8 +60,6 @@ const DTypeEntry& dtype_entry(StDType t) {
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-// A JSON value for an error message: compact, cut to a readable length.
-std::string short_dump(const Json& v) { return printable(v.dump(-1, ' ', false, Json::error_handler_t::replace)); }
 
 // Byte size of numel(shape) elements of `itemsize` bytes; false when it does not fit in int64.
 bool byte_size(const std::vector<int64_t>& shape, int64_t itemsize, uint64_t* out) {
@@ -69,28 +68,6 @@ bool byte_size(const std::vector<int64_t>& shape, int64_t itemsize, uint64_t* ou
     if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
   *out = n;
   return n <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
-}
-
-// Deepest [ / { nesting of a JSON text, strings skipped; stops counting past `limit`. Lets us
-// refuse absurd nesting before the parser builds it.
-int json_depth(const char* p, size_t n, int limit) {
-  int depth = 0, deepest = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < n; ++i) {
-    const char c = p[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-      if (deepest > limit) return deepest;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return deepest;
 }
 
 // Records the top-level keys of a JSON object in the order they appear (std::map objects sort
@@ -370,8 +347,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const uint64_t data_size = f.map_size_ - f.data_offset_;
 
   const char* text = reinterpret_cast<const char*>(f.map_ + 8);
-  if (json_depth(text, header_len, kMaxJsonDepth) > kMaxJsonDepth)
-    throw fail(detail::concat("header JSON nests deeper than ", kMaxJsonDepth, " levels"));
+  if (json_depth(std::string_view(text, header_len), kMaxHeaderDepth) > kMaxHeaderDepth)
+    throw fail(detail::concat("header JSON nests deeper than ", kMaxHeaderDepth, " levels"));
   Json header;
   std::vector<std::string> order;  // top-level keys as they appear (std::map objects sort them)
   try {
@@ -478,7 +455,7 @@ Checkpoint Checkpoint::open(const std::string& dir_or_file) {
       while ((n = std::fread(buf, 1, sizeof buf, fp)) > 0 && text.size() <= kMaxHeaderBytes) text.append(buf, n);
       std::fclose(fp);
       if (text.size() > kMaxHeaderBytes) throw fail("index is larger than 100 MiB");
-      if (json_depth(text.data(), text.size(), kMaxJsonDepth) > kMaxJsonDepth) throw fail("index JSON nests too deep");
+      if (json_depth(text, kMaxJsonDepth) > kMaxJsonDepth) throw fail("index JSON nests too deep");
       try {
         index = Json::parse(text);
       } catch (const Json::exception& e) {

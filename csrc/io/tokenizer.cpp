@@ -233,7 +233,12 @@ Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::load(std::string_view bytes, const std::string& where) {
   auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  const auto status = sp->LoadFromSerializedProto(bytes);
+  sentencepiece::util::Status status;
+  try {
+    status = sp->LoadFromSerializedProto(bytes);
+  } catch (const std::exception& e) {  // darts-clone throws on some corrupt vocabularies (a "\0" piece)
+    throw ValueError(detail::concat(where, ": not a valid sentencepiece model (", printable(e.what()), ")"));
+  }
   ECOM_CHECK_ARG(status.ok(), where, ": not a valid sentencepiece model (", printable(status.message()), ")");
   ECOM_CHECK_ARG(sp->GetPieceSize() > 0, where, ": sentencepiece model has an empty vocabulary");
   check_model(*sp, where);

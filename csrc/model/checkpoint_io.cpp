@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "base/half.h"
+#include "io/json_util.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "model/peft.h"
@@ -18,15 +19,7 @@ namespace {
 
 constexpr const char* kPeftPrefix = "base_model.model.";
 
-json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  ECOM_CHECK_ARG(in.good(), "cannot open ", path.string());
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw ValueError(detail::concat(path.string(), ": not valid JSON: ", e.what()));
-  }
-}
+using io::read_json_file;
 
 void write_json_file(const fs::path& path, const json& j) {
   const fs::path tmp = path.string() + ".tmp";
@@ -59,19 +52,14 @@ quant::NF4Weight load_bnb_nf4(const io::Checkpoint& ck, const std::string& w, in
   ECOM_CHECK_ARG(!qs_key.empty(), w, ": NF4 tensors without a quant_state.bitsandbytes__nf4 entry");
   ECOM_CHECK_ARG(qs_key == w + ".quant_state.bitsandbytes__nf4", w, ": only NF4 is supported, found ", qs_key);
   const auto raw = read_raw<uint8_t>(ck, qs_key, io::StDType::U8, -1);
-  json meta;
-  try {
-    meta = json::parse(std::string(raw.begin(), raw.end()));
-  } catch (const json::exception& e) {
-    throw ValueError(detail::concat(qs_key, ": not valid JSON: ", e.what()));
-  }
+  const json meta = io::parse_untrusted_json(std::string_view(reinterpret_cast<const char*>(raw.data()), raw.size()), qs_key);
   ECOM_CHECK_ARG(meta.is_object() && meta.value("blocksize", json()).is_number_integer(), qs_key,
                  ": missing integer 'blocksize'");
   const int64_t blocksize = meta["blocksize"].get<int64_t>();
   if (meta.contains("shape")) {
     const json& shape = meta["shape"];
     ECOM_CHECK_ARG(shape.is_array() && shape.size() == 2 && shape[0] == rows && shape[1] == cols, qs_key,
-                   ": shape ", shape.dump(), " does not match [", rows, ", ", cols, "]");
+                   ": shape ", io::short_dump(shape), " does not match [", rows, ", ", cols, "]");
   }
   const int64_t n = rows * cols, nblocks = (n + blocksize - 1) / blocksize;
   const auto packed = read_raw<uint8_t>(ck, w, io::StDType::U8, (n + 1) / 2);
@@ -89,6 +77,42 @@ quant::NF4Weight load_bnb_nf4(const io::Checkpoint& ck, const std::string& w, in
                                     nullptr, nullptr, 0.0f);
 }
 
+// Every weight config.json implies is in the checkpoint with its shape (dense) or its element
+// count (bitsandbytes NF4: packed codes), checked on the metadata before the model is built: a
+// config.json that disagrees (say 10^6 layers, or a 7B default over a tiny file) would otherwise
+// allocate and zero-fill the model it describes first.
+void check_checkpoint_fits_config(const LlamaConfig& c, const io::Checkpoint& ck, const std::string& dir) {
+  auto expect = [&](const std::string& name, std::vector<int64_t> shape) {
+    ECOM_CHECK_ARG(ck.contains(name), dir, ": the checkpoint has no tensor '", name, "' (config.json: ",
+                   c.num_hidden_layers, " layers, hidden_size ", c.hidden_size, ")");
+    const io::TensorInfo& info = ck.info(name);
+    if (shape.size() == 2 && ck.contains(name + ".absmax")) {
+      ECOM_CHECK_ARG(info.numel() == (shape[0] * shape[1] + 1) / 2, name, ": ", info.numel(),
+                     " packed NF4 bytes do not match config.json's [", shape[0], ", ", shape[1], "]");
+      return;
+    }
+    auto text = [](const std::vector<int64_t>& v) {
+      std::string out = "[";
+      for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+      return out + "]";
+    };
+    ECOM_CHECK_ARG(info.shape == shape, name, ": shape ", text(info.shape), " in the checkpoint does not match ",
+                   text(shape), " from config.json");
+  };
+  const int64_t C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
+  const int64_t out_dims[kNumProj] = {c.q_dim(), c.kv_dim(), c.kv_dim(), C, I, I, C};
+  const int64_t in_dims[kNumProj] = {C, C, C, c.q_dim(), C, C, I};
+  expect("model.embed_tokens.weight", {V, C});
+  if (!c.tie_word_embeddings) expect("lm_head.weight", {V, C});
+  expect("model.norm.weight", {C});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    expect(p + "input_layernorm.weight", {C});
+    expect(p + "post_attention_layernorm.weight", {C});
+    for (int q = 0; q < kNumProj; ++q) expect(p + proj_module(q) + ".weight", {out_dims[q], in_dims[q]});
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<LlamaModel> LlamaModel::from_pretrained(const std::string& dir, const LoadOptions& opt) {
@@ -96,6 +120,7 @@ std::unique_ptr<LlamaModel> LlamaModel::from_pretrained(const std::string& dir, 
   ECOM_CHECK_ARG(fs::is_directory(root), dir, " is not a directory (expected a Hugging Face model folder)");
   const LlamaConfig cfg = LlamaConfig::from_file((root / "config.json").string());
   const io::Checkpoint ck = io::Checkpoint::open(dir);
+  check_checkpoint_fits_config(cfg, ck, dir);
   auto m = std::make_unique<LlamaModel>(cfg, opt);
   std::vector<float> buf;
   for (const std::string& name : m->weight_names()) {
@@ -189,26 +214,30 @@ void save_adapter(LlamaModel& m, const std::string& name, const std::string& dir
 std::string load_adapter(LlamaModel& m, const std::string& dir, const std::string& name) {
   const json j = read_json_file(fs::path(dir) / "adapter_config.json");
   ECOM_CHECK_ARG(j.is_object(), dir, "/adapter_config.json must be a JSON object");
-  ECOM_CHECK_ARG(j.value("peft_type", std::string("LORA")) == "LORA", dir, ": only LoRA adapters are supported");
-  ECOM_CHECK_ARG(!j.value("use_dora", false), dir, ": DoRA adapters are not supported");
-  ECOM_CHECK_ARG(!j.value("fan_in_fan_out", false), dir, ": fan_in_fan_out adapters are not supported");
-  ECOM_CHECK_ARG(j.value("bias", std::string("none")) == "none" && !j.value("lora_bias", false), dir,
+  // Typed fields: absent or null -> fallback; another type -> ValueError naming the key (nlohmann's
+  // value() would throw its own type_error, a RuntimeError in Python).
+  auto field = [&](const char* key, json fallback) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return fallback;
+    ECOM_CHECK_ARG(it->type() == fallback.type() || (it->is_number() && fallback.is_number()), dir,
+                   "/adapter_config.json: '", key, "' must be a ", fallback.type_name(), ", got ", io::short_dump(*it));
+    return *it;
+  };
+  ECOM_CHECK_ARG(field("peft_type", "LORA") == "LORA", dir, ": only LoRA adapters are supported");
+  ECOM_CHECK_ARG(!field("use_dora", false).get<bool>(), dir, ": DoRA adapters are not supported");
+  ECOM_CHECK_ARG(!field("fan_in_fan_out", false).get<bool>(), dir, ": fan_in_fan_out adapters are not supported");
+  ECOM_CHECK_ARG(field("bias", "none") == "none" && !field("lora_bias", false).get<bool>(), dir,
                  ": adapters with biases are not supported");
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
     auto it = j.find(key);
     ECOM_CHECK_ARG(it == j.end() || it->is_null() || it->empty(), dir, ": ", key, " is not supported");
   }
   AdapterConfig cfg;
-  auto num = [&](const char* key, double fallback) {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return fallback;
-    ECOM_CHECK_ARG(it->is_number(), dir, "/adapter_config.json: '", key, "' must be a number");
-    return it->get<double>();
-  };
+  auto num = [&](const char* key, double fallback) { return field(key, fallback).get<double>(); };
   cfg.spec.r = static_cast<int64_t>(num("r", 8));
   cfg.spec.alpha = static_cast<float>(num("lora_alpha", 8));
   cfg.spec.dropout = static_cast<float>(num("lora_dropout", 0));
-  cfg.spec.rslora = j.value("use_rslora", false);
+  cfg.spec.rslora = field("use_rslora", false).get<bool>();
 
   const fs::path file = fs::path(dir) / "adapter_model.safetensors";
   const io::Checkpoint ck = io::Checkpoint::open(file.string());

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "base/error.h"
+#include "io/json_util.h"
 
 namespace ecomllm::model {
 namespace {
@@ -15,21 +16,21 @@ int64_t get_int(const json& j, const char* key, int64_t fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   ECOM_CHECK_ARG(it->is_number_integer() || (it->is_number_float() && std::floor(it->get<double>()) == it->get<double>()),
-                 "config.json: '", key, "' must be an integer, got ", it->dump());
+                 "config.json: '", key, "' must be an integer, got ", io::short_dump(*it));
   return it->get<int64_t>();
 }
 
 double get_number(const json& j, const char* key, double fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  ECOM_CHECK_ARG(it->is_number(), "config.json: '", key, "' must be a number, got ", it->dump());
+  ECOM_CHECK_ARG(it->is_number(), "config.json: '", key, "' must be a number, got ", io::short_dump(*it));
   return it->get<double>();
 }
 
 bool get_bool(const json& j, const char* key, bool fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  ECOM_CHECK_ARG(it->is_boolean(), "config.json: '", key, "' must be true or false, got ", it->dump());
+  ECOM_CHECK_ARG(it->is_boolean(), "config.json: '", key, "' must be true or false, got ", io::short_dump(*it));
   return it->get<bool>();
 }
 
@@ -97,7 +98,7 @@ LlamaConfig LlamaConfig::from_json(const json& j) {
     if (auto it = j.find(key); it != j.end() && it->is_string()) c.torch_dtype = it->get<std::string>();
   if (auto it = j.find("hidden_act"); it != j.end() && !it->is_null()) {
     ECOM_CHECK_ARG(it->is_string() && (*it == "silu" || *it == "swish"), "config.json: hidden_act ",
-                   it->dump(), " is not supported (only silu)");
+                   io::short_dump(*it), " is not supported (only silu)");
   }
   ECOM_CHECK_ARG(!get_bool(j, "attention_bias", false), "config.json: attention_bias=true is not supported");
   ECOM_CHECK_ARG(!get_bool(j, "mlp_bias", false), "config.json: mlp_bias=true is not supported");
@@ -106,17 +107,7 @@ LlamaConfig LlamaConfig::from_json(const json& j) {
   return c;
 }
 
-LlamaConfig LlamaConfig::from_file(const std::string& path) {
-  std::ifstream in(path);
-  ECOM_CHECK_ARG(in.good(), "cannot open ", path);
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    throw ValueError(detail::concat(path, ": not valid JSON: ", e.what()));
-  }
-  return from_json(j);
-}
+LlamaConfig LlamaConfig::from_file(const std::string& path) { return from_json(io::read_json_file(path)); }
 
 void LlamaConfig::validate() const {
   ECOM_CHECK_ARG(vocab_size > 0 && hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0,

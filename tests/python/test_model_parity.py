@@ -7,6 +7,7 @@ max|ours - torch| / max|torch| per tensor.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,64 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ValueError, match="model_type"):
         Model.from_pretrained(tmp_path / "bad")
+
+
+def test_hostile_config_adapter_and_quant_state_files(tmp_path):
+    """Found by fuzzing: a value nested 10^5 deep in config.json or a quant state segfaulted (its
+    dump() in the error message recursed off the stack); invalid UTF-8 raised UnicodeDecodeError;
+    wrongly typed adapter fields raised nlohmann's type_error (RuntimeError); and a config.json that
+    disagrees with a tiny checkpoint built the model it describes (7B by default) before any check."""
+    import shutil
+
+    import safetensors.numpy as stn
+
+    base = Path(save_hf(hf_model("llama_mha"), tmp_path))
+    good_config = json.loads((base / "config.json").read_text())
+
+    def with_config(name: str, text: bytes | str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(base, d)
+        (d / "config.json").write_bytes(text.encode() if isinstance(text, str) else text)
+        return d
+
+    deep = "[" * 100_000 + "]" * 100_000
+    cases = {
+        "deep_vocab": ('{"model_type": "llama", "vocab_size": ' + deep + "}", "nests deeper"),
+        "not_utf8": (b"\xff", "not valid JSON"),
+        "defaults_7b": ('{"model_type": "llama"}', r"shape \[97, 32\] in the checkpoint does not match \[32000, 4096\]"),
+        "huge_vocab": (json.dumps({**good_config, "vocab_size": 2**30}), "does not match"),
+        "million_layers": (json.dumps({**good_config, "num_hidden_layers": 10**6}), "no tensor 'model.layers.2"),
+    }
+    for name, (text, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            Model.from_pretrained(with_config(name, text))
+
+    m = Model.from_pretrained(base)
+    m.add_lora(LoraConfig(r=2, target_modules=["q_proj"]))
+    m.save_adapter(tmp_path / "adapter")
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    for key, value in (("peft_type", 1), ("bias", False), ("lora_bias", 0), ("fan_in_fan_out", []),
+                       ("use_rslora", "true"), ("r", "8")):
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**adapter_config, key: value}))
+        with pytest.raises(ValueError, match=f"'{key}' must be a"):
+            Model.from_pretrained(base).load_adapter(tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_config.json").write_bytes(b"\xff")
+    with pytest.raises(ValueError, match="adapter_config.json: not valid JSON"):
+        Model.from_pretrained(base).load_adapter(tmp_path / "adapter")
+
+    # A bitsandbytes-style NF4 projection whose quant state holds a deeply nested shape.
+    d = tmp_path / "bnb"
+    shutil.copytree(base, d)
+    weights = dict(stn.load_file(d / "model.safetensors"))
+    w = "model.layers.0.self_attn.q_proj.weight"
+    rows, cols = weights[w].shape
+    nblocks = rows * cols // 64
+    weights[w] = np.zeros((rows * cols // 2, 1), np.uint8)
+    weights[w + ".absmax"] = np.ones(nblocks, np.float32)
+    weights[w + ".quant_map"] = np.linspace(-1, 1, 16, dtype=np.float32)
+    state = b'{"blocksize": 64, "shape": ' + deep.encode() + b"}"
+    weights[w + ".quant_state.bitsandbytes__nf4"] = np.frombuffer(state, np.uint8).copy()
+    stn.save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="quant_state.bitsandbytes__nf4: JSON nests deeper"):
+        Model.from_pretrained(d)
+
