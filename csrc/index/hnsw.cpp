@@ -876,6 +876,7 @@ void HnswIndex::get_labels(const int64_t* ids, int64_t n, int64_t* out) const {
 }
 
 bool HnswIndex::contains(int64_t id) const {
+  std::shared_lock<std::shared_mutex> shared(global_);  // live_slot reads the storage, which grow() moves
   std::lock_guard<std::mutex> lock(ids_mutex_);
   return live_slot(id) >= 0;
 }

@@ -179,7 +179,8 @@ class HnswIndex {
   std::vector<uint32_t> locality_order() const;  // reorder(): new position -> old slot
   // reorder() body; wait=false skips (instead of waiting) while an add() holds reserved slots.
   void reorder_slots(bool wait);
-  // Slot of a live id, -1 when absent or its add() has not published it yet; caller holds ids_mutex_.
+  // Slot of a live id, -1 when absent or its add() has not published it yet; caller holds global_
+  // (shared: the slot state lives in the storage, which grow() reallocates) and ids_mutex_.
   int64_t live_slot(int64_t id) const;
   std::vector<uint32_t> live_slots(const int64_t* ids, int64_t n) const;  // ValueError for any absent id
   // Holding global_ exclusively, takes ids_mutex_ once no add() is between reserving its slots

@@ -485,6 +485,7 @@ def test_filtered_searches_while_an_add_grows_the_storage():
                 while not stop.is_set():
                     ids, _ = idx.search(x[:2], k=3, filter=allowed, num_threads=1)
                     assert np.isin(ids[ids >= 0], allowed).all()
+                    assert 7 in idx  # contains() reads the slot's state in the storage being grown
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
