@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Example, from_dict, to_dict
+from .data import Example, to_dict
 from .data.packing import PackedDataset, pack_examples, text_examples
 from .data.templates import TEMPLATES, encode_examples, encode_prompt
 from .eval import TASK_METRICS
@@ -145,8 +145,8 @@ def _write_jsonl(path: Path, records) -> None:
 
 def read_examples(path: str | Path) -> list[Example]:
     """Instruction records written by prepare_data (one JSON object per line)."""
-    from .data.formats import iter_jsonl
-    return [from_dict(Example, obj) for _, obj in iter_jsonl(path)]
+    from .data.formats import load_records
+    return load_records(path, Example)
 
 
 # ---- stage 1: data --------------------------------------------------------------------------

@@ -299,6 +299,28 @@ def test_bad_arguments_and_files(tmp_path, written):
     assert not [n for n in os.listdir(broken) if n.endswith(".tmp")], "no temporary files left behind"
 
 
+def test_hostile_catalogue_files_are_data_errors(tmp_path):
+    # Found by fuzzing: RecursionError, UnicodeDecodeError, and mistyped fields accepted (TypeError later).
+    d = tmp_path / "c"
+    write_catalog(generate_catalog(seed=1, n_products=3, qa_per_product=1, n_general=1), str(d))
+    qa = (d / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+    bad_types = {**json.loads(qa[0]), "product_id": ["x"]}
+    for name, raw, words in (("general.jsonl", b"[" * 100_000, "nested too deeply"),
+                             ("general.jsonl", b'{"task": "\xff"}', "invalid UTF-8"),
+                             ("taxonomy.txt", b"1 - \xff", "invalid UTF-8"),
+                             ("qa.jsonl", json.dumps(bad_types).encode(), "field 'product_id' must be str, got list"),
+                             ("products.jsonl", b'{"id": "a", "title": "t", "paragraphs": [{"text": 1}]}',
+                              "field 'text' must be str, got int")):
+        original = (d / name).read_bytes()
+        (d / name).write_bytes(original + raw + b"\n")
+        with pytest.raises(DataError) as info:
+            read_catalog(str(d))
+        line = original.count(b"\n") + 1
+        assert str(info.value).startswith(f"{d / name}:{line}: ") and words in str(info.value)
+        (d / name).write_bytes(original)
+    read_catalog(str(d))
+
+
 def test_small_and_empty_catalogues():
     empty = generate_catalog(seed=0, n_products=0, qa_per_product=0, n_general=0)
     assert empty.products == [] and empty.qa == [] and empty.general == [] and len(empty.taxonomy_paths) >= 300

@@ -63,6 +63,24 @@ def test_iter_jsonl_lines_and_bad_json(tmp_path):
         list(iter_jsonl(p, errors="ignore"))
 
 
+HOSTILE_LINES = {  # found by fuzzing: UnicodeDecodeError, RecursionError, ValueError, later UnicodeEncodeError
+    "bad UTF-8": (b'{"a": "\xff"}', "invalid UTF-8"),
+    "deep": (b"[" * 100_000, "nested too deeply"),
+    "5000-digit int": (b"9" * 5000, "integer string conversion"),
+    "lone surrogate": (b'{"left": {"t": "\\ud800"}, "right": {}, "label": 1}', "lone surrogate"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_LINES)
+def test_jsonl_hostile_line_is_a_data_error_and_skippable(tmp_path, name):
+    raw, words = HOSTILE_LINES[name]
+    good = b'{"left": {"title": "a"}, "right": {"title": "b"}, "label": 1}\n'
+    p = tmp_path / "pairs.jsonl"
+    p.write_bytes(good + raw + b"\n" + good)
+    expect_error(load_matching_pairs, p, 2, words)
+    assert len(load_skipping(load_matching_pairs, p, 1)) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # MAVE
 
@@ -227,6 +245,19 @@ def test_ecinstruct_malformed(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Amazon QA
 
+def test_ecinstruct_hostile_options_and_json_files(tmp_path):
+    rec = {"instruction": "Pick.", "input": "x", "output": "a", "task": "t"}
+    for options, words in (("[" * 100_000, "nested too deeply"), ("[" + "9" * 5000 + "]", "integer string")):
+        p = write_jsonl(tmp_path / "o.jsonl", [rec, dict(rec, options=options)])
+        expect_error(load_ecinstruct, p, 2, "field 'options'", words)
+        assert len(load_skipping(load_ecinstruct, p, 1)) == 1
+    p = tmp_path / "e.json"
+    p.write_bytes(b"[" * 100_000)
+    expect_error(load_ecinstruct, p, None, "nested too deeply")
+    p.write_bytes(b'[{"instruction": "Pick.",\n "output": "\xff"}]')
+    expect_error(load_ecinstruct, p, 2, "invalid UTF-8")
+
+
 def test_amazonqa_both_forms(tmp_path):
     p = write_jsonl(tmp_path / "qa.jsonl", [
         {"questionType": "yes/no", "asin": "B1", "question": "Does it fit?", "answer": "Yes it does.", "answerType": "Y"},
@@ -300,6 +331,17 @@ def test_product_qa_csv_malformed(tmp_path):
     assert len(items) == 1 and items[0].evidence == ["c"]
 
 
+def test_product_qa_csv_huge_field_and_bad_utf8(tmp_path):
+    head = b"ASIN\tquestion\tcandidate\tanswer\tsource\n"
+    ok = b"B2\tq2\tc\ta\ts\n"
+    for bad, words in ((b"B1\tq\t" + b"x" * 140_000 + b"\ta\ts\n", "field limit"),
+                       (b"B1\tq\xff\tc\ta\ts\n", "invalid UTF-8")):
+        p = tmp_path / "h.csv"
+        p.write_bytes(head + bad + ok)
+        expect_error(load_product_qa_csv, p, 2, words)
+        assert [q.product_id for q in load_skipping(load_product_qa_csv, p, 1)] == ["B2"]
+
+
 def test_product_qa_csv_shared():
     het = load_product_qa_csv(shared("qa/contextual_product_qa/hetPQA_answer_generation_train.csv"))
     assert len(het) == 3356 and sum(len(q.evidence) for q in het) == 3693
@@ -354,6 +396,14 @@ def test_taxonomy_malformed(tmp_path):
     ]:
         p.write_text("# Google_Product_Taxonomy_Version: x\n" + body, encoding="utf-8")
         expect_error(load_google_taxonomy, p, line + 1, words)
+
+
+def test_taxonomy_hostile_ids_and_bytes(tmp_path):
+    p = tmp_path / "t.txt"
+    for raw, words in (("\u00b2 - A\n".encode(), "expected 'ID - A > B > C'"),  # "²".isdigit() is True
+                       (b"9" * 5000 + b" - A\n", "expected 'ID - A > B > C'"), (b"1 - A\n2 - \xff\n", "invalid UTF-8")):
+        p.write_bytes(raw)
+        expect_error(load_google_taxonomy, p, raw.count(b"\n"), words)
 
 
 def test_taxonomy_shared(tmp_path):

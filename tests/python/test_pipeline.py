@@ -2,6 +2,7 @@
 the base-vs-fine-tuned report, resuming, and clear errors for bad configs and data."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ecomllm import cli
+from ecomllm.data import DataError
 from ecomllm.pipeline import PipelineConfig, read_examples
 from ecomllm.train.config import load_config
 
@@ -77,6 +79,17 @@ def test_malformed_source_line_is_named(tmp_path, capsys):
     f.write_text('{"id": "a", "category": "X", "paragraphs": [{"text": "Mug", "source": "title"}], "attributes": []}\n{not json\n')
     assert cli.main(["prepare-data", f"run_dir={tmp_path}", f"data.sources=[{{format: mave, path: {f}}}]"]) == 2
     assert f"{f}:2:" in capsys.readouterr().err
+
+
+def test_read_examples_names_file_and_line(tmp_path):
+    # Found by fuzzing: TypeError from a missing field, a non-object line or a mistyped field.
+    good = '{"task": "qa", "prompt": "p", "completion": "c"}\n'
+    for bad, words in (('{"task": "t"}', "missing 2 required"), ("[1, 2]", "expected a JSON object"),
+                       ('{"task": "t", "prompt": 1, "completion": "c"}', "field 'prompt' must be str")):
+        p = tmp_path / "examples.jsonl"
+        p.write_text(good + bad + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=f"^{re.escape(str(p))}:2: .*{words}"):
+            read_examples(p)
 
 
 def test_python_dash_m_and_help():

@@ -3,6 +3,7 @@ full-parameter runs that learn, gradient accumulation, exact resume, crash-safe 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -176,6 +177,29 @@ def test_config_errors_name_file_and_key(tmp_path):
         load_config(TrainConfig, p, ["model.r=3"], section="train")
     with pytest.raises(ValueError, match=r"train\.learning_rate: expected float, got str 'fast'"):
         load_config(TrainConfig, p, ["train.learning_rate=fast"], section="train")
+
+
+def test_config_hostile_yaml_is_a_config_error(tmp_path):
+    # Found by fuzzing: RecursionError, UnicodeDecodeError, ValueError, IsADirectoryError escaped,
+    # and a 366-byte alias bomb in a mistyped value hung while repr'ing ~10^8 items into the message.
+    p = tmp_path / "demo.yaml"
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x, x]"] + [f"&l{k} [" + ", ".join([f"*l{k - 1}"] * 10) + "]"
+                                                      for k in range(1, 8)]
+    for raw, message in ((b"train:\n  output_dir: [" + ", ".join(levels).encode() + b"]\n",
+                          r"demo\.yaml: train\.output_dir: expected str, got list \[\["),
+                         (b"train:\n  output_dir: " + b"[" * 3000 + b"]" * 3000, r"demo\.yaml: not valid YAML"),
+                         (b"train:\n  output_dir: \xff\n", r"demo\.yaml: not valid YAML: UnicodeDecodeError"),
+                         (b"train: {learning_rate: !!float x}\n", r"demo\.yaml: not valid YAML: ValueError"),
+                         (b"train: {seed: " + b"9" * 5000 + b"}\n", r"demo\.yaml: not valid YAML: ValueError")):
+        p.write_bytes(raw)
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config(TrainConfig, p, section="train")
+        assert len(str(info.value)) < 2000
+    with pytest.raises(ConfigError, match=rf"{tmp_path}: cannot read config file"):
+        load_config(TrainConfig, tmp_path)
+    for override in ("train.output_dir=" + "[" * 3000, "train.seed=" + "9" * 5000, "train.seed=!!int x"):
+        with pytest.raises(ConfigError, match=r"override 'train\.\w+=.*': value is not valid YAML"):
+            load_config(TrainConfig, None, [override], section="train")
 
 
 # ---- training runs ------------------------------------------------------------------------------
@@ -407,6 +431,38 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(base, tmp_path, mo
         mf.write_bytes(raw)
         with pytest.raises(ValueError, match="manifest.json"):
             read_manifest(ck)
+
+
+def test_read_training_state_hostile_json_files(tmp_path):
+    # Found by fuzzing: KeyError, TypeError, RuntimeError (step >= 2**63), RecursionError,
+    # UnicodeDecodeError and JSONDecodeError without the file, and a trainer state list returned.
+    m = Model.from_config(dict(ARCH, num_hidden_layers=1))
+    m.add_lora()
+    opt = ecomllm.AdamW(m.trainable_parameters())
+    ck = ckpt.save_checkpoint(tmp_path, 1, lambda d: ckpt.write_training_state(d, m, opt, {"step": 1}, "lora"))
+
+    def put(rel, data):  # new contents, manifest updated to match
+        (ck / rel).write_bytes(data)
+        manifest = json.loads((ck / "manifest.json").read_text())
+        manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (ck / "manifest.json").write_text(json.dumps(manifest))
+
+    assert ckpt.read_training_state(ck, m, opt, "lora") == {"step": 1}
+    good = {rel: (ck / rel).read_bytes() for rel in ("optimizer.json", "trainer_state.json")}
+    for rel, data, words in (("optimizer.json", b"{}", "step must be an integer"),
+                             ("optimizer.json", b"[1]", "must be a JSON object, got list"),
+                             ("optimizer.json", b'{"step": 9223372036854775808}', "step must be an integer"),
+                             ("optimizer.json", b'{"step": true}', "step must be an integer"),
+                             ("optimizer.json", b"[" * 100_000, "RecursionError"),
+                             ("optimizer.json", b"{", "JSONDecodeError"),
+                             ("trainer_state.json", b"\xff", "UnicodeDecodeError"),
+                             ("trainer_state.json", b"[1, 2]", "must be a JSON object, got list")):
+        put(rel, data)
+        with pytest.raises(ValueError) as info:
+            ckpt.read_training_state(ck, m, opt, "lora")
+        assert str(info.value).startswith(f"{ck / rel}: ") and words in str(info.value), str(info.value)
+        put(rel, good[rel])
+    assert ckpt.read_training_state(ck, m, opt, "lora") == {"step": 1}
 
 
 def test_keep_last_and_stop_callback(base, tmp_path):

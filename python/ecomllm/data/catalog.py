@@ -45,8 +45,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .formats import load_google_taxonomy, load_records
 from .schema import (CATEGORY_SEPARATOR, DataError, Example, GENERAL_TASK, Paragraph, AttributeSpan, Product,
-                     QAItem, UNANSWERABLE_ANSWER, from_dict, to_dict)
+                     QAItem, UNANSWERABLE_ANSWER, to_dict)
 
 TAXONOMY_VERSION_LINE = "# ecomllm_Bundled_Taxonomy_Version: 1"
 SOURCE = "bundled"
@@ -1451,47 +1452,16 @@ def write_catalog(catalog: Catalog, out_dir: str) -> dict[str, str]:
     return paths
 
 
-def _read_taxonomy(path: str) -> list[list[str]]:
-    """Leaf paths (nodes without children) of a Google-format taxonomy file, in file order."""
-    nodes = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            ident, sep, name = line.partition(" - ")
-            if not sep or not ident.strip().isdigit() or not name.strip():
-                raise DataError(path, line_no, f"expected 'ID - A > B > C', got {line[:80]!r}")
-            nodes.append(name.split(CATEGORY_SEPARATOR))
-    parents = {tuple(n[:-1]) for n in nodes}
-    return [n for n in nodes if tuple(n) not in parents]
-
-
-def _read_jsonl(path: str, cls) -> list:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                if not isinstance(d, dict):
-                    raise ValueError("not a JSON object")
-                out.append(from_dict(cls, d))
-            except (ValueError, TypeError) as e:
-                raise DataError(path, line_no, f"bad {cls.__name__} record: {e}") from None
-    return out
-
-
 def read_catalog(out_dir: str) -> Catalog:
     """Read back what write_catalog wrote (taxonomy.txt, products.jsonl, qa.jsonl, general.jsonl)."""
     for name in ("taxonomy.txt", "products.jsonl", "qa.jsonl", "general.jsonl"):
         if not os.path.isfile(os.path.join(out_dir, name)):
             raise DataError(os.path.join(out_dir, name), None, "missing catalogue file")
-    return Catalog(_read_taxonomy(os.path.join(out_dir, "taxonomy.txt")),
-                   _read_jsonl(os.path.join(out_dir, "products.jsonl"), Product),
-                   _read_jsonl(os.path.join(out_dir, "qa.jsonl"), QAItem),
-                   _read_jsonl(os.path.join(out_dir, "general.jsonl"), Example))
+    taxonomy = load_google_taxonomy(os.path.join(out_dir, "taxonomy.txt"))
+    return Catalog([list(p) for p in taxonomy.leaves()],
+                   load_records(os.path.join(out_dir, "products.jsonl"), Product),
+                   load_records(os.path.join(out_dir, "qa.jsonl"), QAItem),
+                   load_records(os.path.join(out_dir, "general.jsonl"), Example))
 
 
 def pretraining_corpus(catalog: Catalog) -> Iterator[str]:

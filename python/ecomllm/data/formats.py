@@ -11,15 +11,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .schema import AttributeSpan, DataError, Example, MatchPair, NOT_AVAILABLE, Paragraph, Product, QAItem
+from .schema import AttributeSpan, DataError, Example, MatchPair, NOT_AVAILABLE, Paragraph, Product, QAItem, from_dict
 from .taxonomy import Taxonomy, parse_path
 
 __all__ = ["iter_jsonl", "clean_flipkart_path", "load_mave", "load_offers", "load_ecinstruct", "load_amazonqa", "load_product_qa_csv",
-           "load_google_taxonomy", "load_matching_pairs", "load_flipkart"]
+           "load_google_taxonomy", "load_matching_pairs", "load_flipkart", "load_records"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,19 +83,55 @@ class _Rec:
         return _Rec(obj, self.path, self.line, f"{self.where}{where}: ")
 
 
+def _utf8(text: str, path, line: int = 1) -> str:
+    """text as read with errors="surrogateescape"; DataError (line counted from `line`) if the
+    file held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(path, line + text.count("\n", 0, exc.start), "invalid UTF-8") from None
+    return text
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _loads(text: str, path, line: int | None, where: str = "", free_text: bool = False):
+    """json.loads with every failure a DataError: bad JSON, nesting too deep, an integer too long
+    for int(), a \\u escape of a lone surrogate (text that cannot be written as UTF-8).
+    free_text: text that is not JSON at all comes back unchanged."""
+    try:
+        obj = json.loads(text)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return obj
+    except json.JSONDecodeError as exc:
+        if free_text:
+            return text
+        problem, line = f"invalid JSON: {exc.msg} (column {exc.colno})", line or exc.lineno
+    except RecursionError:
+        problem = "invalid JSON: nested too deeply"
+    except UnicodeEncodeError:
+        problem = "invalid JSON: \\u escape of a lone surrogate"
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        problem = f"invalid JSON: {exc}"
+    raise DataError(path, line, where + problem)
+
+
 def iter_jsonl(path: str | Path, errors: str = "raise", _policy: _Policy | None = None) -> Iterator[tuple[int, Any]]:
     """(1-based line number, parsed value) for each non-blank line of a JSON Lines file.
 
-    Raises DataError naming the file and line for invalid JSON (or skips it, see module docs)."""
+    Raises DataError naming the file and line for invalid UTF-8 or JSON (or skips the line, see
+    module docs)."""
     policy = _policy or _Policy(path, errors)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_no, text in enumerate(f, start=1):
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                policy.handle(DataError(path, line_no, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+                obj = _loads(_utf8(text, path, line_no), path, line_no)
+            except DataError as err:
+                policy.handle(err)
                 continue
             yield line_no, obj
     if _policy is None:
@@ -111,9 +148,21 @@ def _records(path, errors: str, parse: Callable[[_Rec], Any]) -> Iterator[tuple[
     policy.finish()
 
 
+def load_records(path: str | Path, cls, errors: str = "raise") -> list:
+    """JSON Lines of :func:`~ecomllm.data.schema.to_dict` records -> `cls` (Product, QAItem, Example)."""
+    def parse(rec: _Rec):
+        try:
+            return from_dict(cls, rec.obj)
+        except (TypeError, ValueError) as e:
+            problem = str(e)
+        rec.fail(f"bad {cls.__name__} record: {problem}")
+
+    return [r for _, r in _records(path, errors, parse)]
+
+
 def _stable_id(prefix: str, *parts: str) -> str:
     """A content-derived id for records that carry none (same text -> same id -> same split)."""
-    digest = hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+    digest = hashlib.sha1("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{prefix}-{digest}"
 
 
@@ -248,12 +297,6 @@ def _ecinstruct_prompt(instruction: str, inp: str | None, options) -> str:
     parts = [instruction.strip()]
     if inp and inp.strip():
         parts.append(f"### Input:\n{inp.strip()}")
-    if isinstance(options, str) and options.strip():
-        try:
-            decoded = json.loads(options)
-            options = decoded if isinstance(decoded, list) else options
-        except json.JSONDecodeError:
-            pass
     if isinstance(options, list):
         options = "\n".join(str(o).strip() for o in options)
     if options and options.strip():
@@ -276,6 +319,9 @@ def load_ecinstruct(path: str | Path, errors: str = "raise", split: str | None =
         if not isinstance(inp, str):
             inp = json.dumps(inp, ensure_ascii=False)
         options = rec.get("options", (str, list), required=False)
+        if isinstance(options, str) and options.strip():  # maybe a JSON string list
+            decoded = _loads(options, rec.path, rec.line, f"{rec.where}field 'options': ", free_text=True)
+            options = decoded if isinstance(decoded, list) else options
         rec_split = rec.get("split", str, required=False)
         rec_setting = rec.get("setting", str, required=False)
         if (split is not None and rec_split != split) or (setting is not None and rec_setting != setting):
@@ -290,11 +336,8 @@ def load_ecinstruct(path: str | Path, errors: str = "raise", split: str | None =
 
     if str(path).endswith(".json"):
         policy = _Policy(path, errors)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            data = _loads(_utf8(f.read(), path), path, None)
         if not isinstance(data, list):
             raise DataError(path, None, f"expected a JSON list of records, got {type(data).__name__}")
         out = []
@@ -379,11 +422,11 @@ def load_product_qa_csv(path: str | Path, errors: str = "raise", source: str | N
     labels and sources in meta). The answer is the first of a label-2 row, else of a label-1 row;
     a question with only label-0 candidates is unanswerable.
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         header_line = f.readline()
     if header_line.rstrip("\r\n").split("\t") == _HETPQA_COLUMNS:
         kind, delimiter = "hetpqa", "\t"
-    elif next(csv.reader([header_line])) == _EPQA_COLUMNS:
+    elif header_line.rstrip("\r\n").replace('"', "").split(",") == _EPQA_COLUMNS:  # not csv: no csv.Error
         kind, delimiter = "epqa", ","
     else:
         raise DataError(path, 1, f"unrecognised header {header_line.strip()[:120]!r}; expected hetPQA "
@@ -392,11 +435,23 @@ def load_product_qa_csv(path: str | Path, errors: str = "raise", source: str | N
     source = source or kind
     policy = _Policy(path, errors)
     groups: dict[tuple, dict] = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         columns = next(reader)
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit()
+                policy.handle(DataError(path, reader.line_num, f"bad CSV: {exc}"))
+                continue
             line = reader.line_num
+            try:
+                _utf8("".join(row), path, line)
+            except DataError as err:
+                policy.handle(err)
+                continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(columns):
@@ -457,9 +512,9 @@ def load_google_taxonomy(path: str | Path) -> Taxonomy:
     Every node must be on its own line; any malformed line, repeated id or path, or missing parent
     raises DataError with the line."""
     version, nodes, line_of, id_line = None, [], {}, {}
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for line_no, text in enumerate(f, start=1):
-            text = text.rstrip("\r\n")
+            text = _utf8(text, path, line_no).rstrip("\r\n")
             if not text.strip():
                 continue
             if text.startswith("#"):
@@ -467,8 +522,9 @@ def load_google_taxonomy(path: str | Path) -> Taxonomy:
                     version = text.split(":", 1)[1].strip()
                 continue
             id_text, sep, path_text = text.partition(" - ")
-            if not sep or not id_text.strip().isdigit():
-                raise DataError(path, line_no, f"expected 'ID - A > B > C', got {text[:80]!r}")
+            id_text = id_text.strip()
+            if not sep or not (id_text.isascii() and id_text.isdigit() and len(id_text) <= 18):
+                raise DataError(path, line_no, f"expected 'ID - A > B > C' (ID at most 18 digits), got {text[:80]!r}")
             node_id, node_path = int(id_text), parse_path(path_text)
             if any(not name for name in node_path):
                 raise DataError(path, line_no, f"empty category name in {path_text!r}")

@@ -9,6 +9,8 @@ with :func:`to_dict` / :func:`from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,10 +123,38 @@ def to_dict(record) -> dict:
     return dataclasses.asdict(record)
 
 
+_hints = functools.lru_cache(typing.get_type_hints)
+
+
+def _fits(value, tp) -> bool:
+    """Does a JSON value match the annotation tp (str, int, bool, X | None, list[X], dict[str, X], Any)?"""
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, args[1]) for k, v in value.items())
+    if args:  # X | None
+        return any(_fits(value, a) for a in args)
+    return isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+
+
 def from_dict(cls, d: dict):
-    """Rebuild `cls` (Product, QAItem or Example) from :func:`to_dict` output."""
-    d = dict(d)
-    if cls is Product:
-        d["paragraphs"] = [Paragraph(**p) for p in d.get("paragraphs", [])]
-        d["spans"] = [AttributeSpan(**s) for s in d.get("spans", [])]
-    return cls(**d)
+    """Rebuild `cls` (Product, QAItem, Example, or a part of one) from :func:`to_dict` output.
+    TypeError if `d` is not a dict or has a missing, unknown or mistyped field."""
+    if not isinstance(d, dict):
+        raise TypeError(f"expected an object, got {type(d).__name__}")
+    hints, kwargs = _hints(cls), {}
+    for key, value in d.items():
+        if key not in hints:
+            raise TypeError(f"unknown field {key!r}")
+        tp = hints[key]
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        if dataclasses.is_dataclass(item) and isinstance(value, list):
+            value = [from_dict(item, v) for v in value]
+        elif not _fits(value, tp):
+            shown = tp.__name__ if typing.get_origin(tp) is None else str(tp)
+            raise TypeError(f"field {key!r} must be {shown}, got {type(value).__name__}")
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -80,19 +80,27 @@ def _step_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _read_json_object(path: Path, what: str) -> dict:
+    """A JSON file holding an object; ValueError naming the file for anything else."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, a huge int
+        raise ValueError(f"{path}: unreadable {what}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_manifest(path: str | os.PathLike, verify: bool = False) -> dict:
     """The manifest of a complete checkpoint; ValueError naming the folder if it is not one.
     ``verify``: also compare every file's sha256 (reads all of it)."""
     path = Path(path)
     mf = path / MANIFEST
-    try:
-        with open(mf, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not a complete checkpoint (no {MANIFEST})") from None
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
-        raise ValueError(f"{mf}: unreadable manifest: {type(e).__name__}: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    if not mf.exists():
+        raise ValueError(f"{path}: not a complete checkpoint (no {MANIFEST})")
+    manifest = _read_json_object(mf, "manifest")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{mf}: not an ecomllm checkpoint manifest")
     step = _step_of(path)
     if step is not None and manifest.get("step") != step:
@@ -216,10 +224,11 @@ def _save_optimizer(dir: Path, optimizer) -> None:
 
 
 def _load_optimizer(dir: Path, optimizer) -> None:
-    with open(dir / "optimizer.json", encoding="utf-8") as f:
-        scalars = json.load(f)
+    step = _read_json_object(dir / "optimizer.json", "optimizer state").get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**63:
+        raise ValueError(f"{dir / 'optimizer.json'}: step must be an integer in [0, 2**63), got {step!r:.40}")
     tensors = load_safetensors(dir / "optimizer.safetensors", mmap=False)
-    state: dict = {"step": int(scalars["step"]), "exp_avg": {}, "exp_avg_sq": {}}
+    state: dict = {"step": step, "exp_avg": {}, "exp_avg_sq": {}}
     for key, arr in tensors.items():
         kind, _, name = key.partition(".")
         if kind not in ("exp_avg", "exp_avg_sq") or not name:
@@ -283,5 +292,4 @@ def read_training_state(path: str | os.PathLike, model, optimizer, mode: str) ->
     elif mode == "lora":
         raise ValueError(f"{path}: no adapter/ folder; was it written by a full-parameter run (mode='full')?")
     _load_optimizer(path, optimizer)
-    with open(path / "trainer_state.json", encoding="utf-8") as f:
-        return json.load(f)
+    return _read_json_object(path / "trainer_state.json", "trainer state")

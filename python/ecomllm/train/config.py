@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,13 @@ class TrainConfig:
 
 # ---- generic loading ---------------------------------------------------------------------------
 
+# Values in messages: bounded, since a YAML alias bomb is small as text but huge when repr'd.
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict = 3, 6, 6, 6
+_repr.maxstring, _repr.maxother, _repr.maxlong = 80, 80, 40
+_short = _repr.repr
+
+
 def _type_name(tp) -> str:
     if tp is type(None):
         return "null"
@@ -114,7 +122,7 @@ def _convert(value, tp, path: str):
     Raises ConfigError(path + message) without the source prefix."""
 
     def bad():
-        return ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {_short(value)}")
 
     if tp is Any:
         return value
@@ -125,7 +133,8 @@ def _convert(value, tp, path: str):
     origin = typing.get_origin(tp)
     if origin is Literal:
         if not any(value == a and type(value) is type(a) for a in typing.get_args(tp)):
-            raise ConfigError(f"{path}: must be one of {', '.join(repr(a) for a in typing.get_args(tp))}, got {value!r}")
+            raise ConfigError(f"{path}: must be one of {', '.join(repr(a) for a in typing.get_args(tp))}, "
+                              f"got {_short(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -247,8 +256,15 @@ def _set_path(tree: dict, cls, keys: list[str], value, shown: str) -> None:
         if child is None:
             child = node[key] = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(keys[:i + 1])}: expected a mapping, got {child!r}")
+            raise ConfigError(f"{'.'.join(keys[:i + 1])}: expected a mapping, got {_short(child)}")
         node, node_cls = child, sub
+
+
+def _yaml_problem(e: Exception) -> str:
+    """Why yaml.safe_load failed (ValueError: a bad !!int / !!float or a too-long int, bad UTF-8)."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e) if isinstance(e, yaml.YAMLError) else f"{type(e).__name__}: {e}"
 
 
 def apply_overrides(tree: dict, cls, overrides: Sequence[str], section: str | None = None) -> dict:
@@ -266,8 +282,8 @@ def apply_overrides(tree: dict, cls, overrides: Sequence[str], section: str | No
             keys = keys[1:]
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {ov!r}: value is not valid YAML: {e}") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            raise ConfigError(f"override {ov!r}: value is not valid YAML: {_yaml_problem(e)}") from None
         try:
             _set_path(tree, cls, keys, value, ov)
         except ConfigError as e:
@@ -292,8 +308,10 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides: Sequence[
                 loaded = yaml.safe_load(f)
         except FileNotFoundError:
             raise ConfigError(f"{source}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read config file: {e.strerror or e}") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
