@@ -465,6 +465,16 @@ def test_read_training_state_hostile_json_files(tmp_path):
     assert ckpt.read_training_state(ck, m, opt, "lora") == {"step": 1}
 
 
+def test_malformed_trainer_state_fields_are_value_errors(base, tmp_path):
+    # A trainer state that is an object but lacks or mistypes fields raised KeyError / TypeError.
+    t = Trainer(lora_model(base), packed(10, 6), None, cfg(tmp_path, max_steps=2, micro_batch_size=2))
+    fmt = {"format": "ecomllm-trainer-state"}
+    good = {**fmt, "num_rows": len(t.train_data), "steps_per_epoch": t.steps_per_epoch, "total_steps": t.total_steps}
+    for state in (fmt, {**good, "global_step": [1]}, {**good, "global_step": 1, "epoch": None}):
+        with pytest.raises(ValueError, match="trainer_state.json: malformed trainer state"):
+            t._load_state(state, tmp_path)
+
+
 def test_keep_last_and_stop_callback(base, tmp_path):
     data = packed(10, 6)
     c = cfg(tmp_path, max_steps=10, micro_batch_size=2, save_every=1, keep_last=2)

@@ -175,6 +175,13 @@ class Trainer:
         }
 
     def _load_state(self, state: dict, source: Path) -> None:
+        try:
+            self._apply_state(state, source)
+        except (KeyError, TypeError, AttributeError, OverflowError) as e:  # a field missing or mistyped
+            raise ValueError(f"{source}/trainer_state.json: malformed trainer state "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
+
+    def _apply_state(self, state: dict, source: Path) -> None:
         if state.get("format") != "ecomllm-trainer-state":
             raise ValueError(f"{source}/trainer_state.json: not an ecomllm trainer state")
         if state["num_rows"] != len(self.train_data) or state["steps_per_epoch"] != self.steps_per_epoch:
