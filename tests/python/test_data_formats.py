@@ -242,9 +242,6 @@ def test_ecinstruct_malformed(tmp_path):
     expect_error(load_ecinstruct, pj, 2, "invalid JSON")
 
 
-# ---------------------------------------------------------------------------------------------
-# Amazon QA
-
 def test_ecinstruct_hostile_options_and_json_files(tmp_path):
     rec = {"instruction": "Pick.", "input": "x", "output": "a", "task": "t"}
     for options, words in (("[" * 100_000, "nested too deeply"), ("[" + "9" * 5000 + "]", "integer string")):
@@ -257,6 +254,9 @@ def test_ecinstruct_hostile_options_and_json_files(tmp_path):
     p.write_bytes(b'[{"instruction": "Pick.",\n "output": "\xff"}]')
     expect_error(load_ecinstruct, p, 2, "invalid UTF-8")
 
+
+# ---------------------------------------------------------------------------------------------
+# Amazon QA
 
 def test_amazonqa_both_forms(tmp_path):
     p = write_jsonl(tmp_path / "qa.jsonl", [
