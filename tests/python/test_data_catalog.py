@@ -310,7 +310,7 @@ def test_hostile_catalogue_files_are_data_errors(tmp_path):
                              ("taxonomy.txt", b"1 - \xff", "invalid UTF-8"),
                              ("qa.jsonl", json.dumps(bad_types).encode(), "field 'product_id' must be str, got list"),
                              ("products.jsonl", b'{"id": "a", "title": "t", "paragraphs": [{"text": 1}]}',
-                              "field 'text' must be str, got int")):
+                              "paragraphs[0]: field 'text' must be str, got int")):
         original = (d / name).read_bytes()
         (d / name).write_bytes(original + raw + b"\n")
         with pytest.raises(DataError) as info:

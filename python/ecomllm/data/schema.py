@@ -152,7 +152,13 @@ def from_dict(cls, d: dict):
         tp = hints[key]
         item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
         if dataclasses.is_dataclass(item) and isinstance(value, list):
-            value = [from_dict(item, v) for v in value]
+            parts = []
+            for i, v in enumerate(value):
+                try:
+                    parts.append(from_dict(item, v))
+                except TypeError as e:
+                    raise TypeError(f"{key}[{i}]: {e}") from None
+            value = parts
         elif not _fits(value, tp):
             shown = tp.__name__ if typing.get_origin(tp) is None else str(tp)
             raise TypeError(f"field {key!r} must be {shown}, got {type(value).__name__}")
