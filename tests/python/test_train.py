@@ -423,7 +423,8 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(base, tmp_path, mo
     good = json.loads(mf.read_text())
     first = next(iter(good["files"]))
     for bad in ({**good, "files": {first: 3}}, {**good, "files": {first: None}},
-                {**good, "files": {"../../etc/passwd": {"size": 1}}}, {**good, "files": {"/etc/passwd": {"size": 1}}}):
+                {**good, "files": {"../../etc/passwd": {"size": 1}}}, {**good, "files": {"/etc/passwd": {"size": 1}}},
+                {**good, "files": {"x" * 5000: {"size": 1}}}):  # OSError: file name too long
         mf.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="manifest.json"):
             read_manifest(ck)

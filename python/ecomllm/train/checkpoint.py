@@ -111,10 +111,14 @@ def read_manifest(path: str | os.PathLike, verify: bool = False) -> dict:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ValueError(f"{mf}: file {rel!r} lies outside the checkpoint folder")
         f = path / rel
-        if not f.is_file():
+        try:
+            size = f.stat().st_size if f.is_file() else None
+        except OSError as e:  # a name too long for the file system, say
+            raise ValueError(f"{mf}: file {rel[:80]!r} cannot be checked: {e.strerror}") from None
+        if size is None:
             raise ValueError(f"{path}: file {rel} listed in the manifest is missing")
-        if f.stat().st_size != info.get("size"):
-            raise ValueError(f"{path}: {rel} has {f.stat().st_size} bytes, the manifest says {info.get('size')}")
+        if size != info.get("size"):
+            raise ValueError(f"{path}: {rel} has {size} bytes, the manifest says {info.get('size')}")
         if verify and _sha256(f) != info.get("sha256"):
             raise ValueError(f"{path}: {rel} does not match its sha256 in the manifest (corrupted)")
     return manifest
