@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _core
+from ._errors import naming_file
 
 __all__ = ["Model", "LoraConfig", "ModelConfig"]
 
@@ -143,8 +144,9 @@ class Model:
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face model folder)")
-        core = _core.LlamaModel.from_pretrained(path, nf4=quantize == "nf4", bf16=dtype == "bf16",
-                                                blocksize=blocksize, double_quant=double_quant)
+        with naming_file(path):
+            core = _core.LlamaModel.from_pretrained(path, nf4=quantize == "nf4", bf16=dtype == "bf16",
+                                                    blocksize=blocksize, double_quant=double_quant)
         return cls(core)
 
     @classmethod
@@ -239,7 +241,8 @@ class Model:
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path} is not a directory (expected a PEFT adapter folder)")
-        return self._core.load_adapter(path, name)
+        with naming_file(path):
+            return self._core.load_adapter(path, name)
 
     def merge_adapter(self) -> None:
         """Folds the active adapter into the base weights (an NF4 base becomes dense fp32);

@@ -32,6 +32,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _core
+from ._errors import naming_file
 from .safetensors import load_safetensors, save_safetensors
 
 __all__ = ["NF4Tensor", "NF4StateError", "NF4_CODEBOOK", "VALID_BLOCKSIZES", "set_decoding_policy",
@@ -435,5 +436,6 @@ class NF4Tensor:
     def load_safetensors(cls, path: str | os.PathLike, prefix: str = "") -> "NF4Tensor":
         """Load the NF4 weight stored under ``{prefix}weight...`` in a safetensors file."""
         tensors = load_safetensors(path)
-        return cls.from_state_dict({k: np.array(v) for k, v in tensors.items() if k.startswith(prefix + "weight")},
-                                   prefix)
+        with naming_file(path):
+            return cls.from_state_dict({k: np.array(v) for k, v in tensors.items() if k.startswith(prefix + "weight")},
+                                       prefix)

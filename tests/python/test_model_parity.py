@@ -315,8 +315,9 @@ def test_hostile_config_adapter_and_quant_state_files(tmp_path):
         "million_layers": (json.dumps({**good_config, "num_hidden_layers": 10**6}), "no tensor 'model.layers.2"),
     }
     for name, (text, message) in cases.items():
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message) as info:
             Model.from_pretrained(with_config(name, text))
+        assert str(tmp_path / name) in str(info.value), "the message names the folder or file"
 
     m = Model.from_pretrained(base)
     m.add_lora(LoraConfig(r=2, target_modules=["q_proj"]))

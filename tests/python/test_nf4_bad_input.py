@@ -701,8 +701,9 @@ def test_nf4_file_with_corrupted_payload(tmp_path):
     sd["weight.absmax"][0] = np.nan
     path = tmp_path / "nan.safetensors"
     save_safetensors(path, sd)
-    with pytest.raises(NF4StateError, match="finite"):
+    with pytest.raises(NF4StateError, match="finite") as info:
         NF4Tensor.load_safetensors(path)
+    assert str(info.value).startswith(f"{path}: "), "the message names the file"
     save_safetensors(path, {"other": np.ones(3, F32)})
     with pytest.raises(NF4StateError):
         NF4Tensor.load_safetensors(path)

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._errors import naming_file
 from .templates import IGNORE_INDEX, EncodedExample
 
 
@@ -87,9 +88,10 @@ class PackedDataset:
         names, counts = (arrays.get(k, np.zeros(0)) for k in ("task_names", "task_counts"))
         if names.ndim != 1 or counts.ndim != 1 or len(names) != len(counts):
             raise ValueError(f"{path}: task_names and task_counts must be 1-D arrays of the same length")
-        tasks = dict(zip(names.tolist(), map(int, counts)))
-        return cls(*(arrays[k].astype(np.int32) for k in ("input_ids", "labels", "position_ids", "attention_mask",
-                                                           "examples_per_row")), tasks)
+        with naming_file(path):  # shapes and values are checked by the constructor
+            tasks = dict(zip(names.tolist(), map(int, counts)))
+            return cls(*(arrays[k].astype(np.int32) for k in ("input_ids", "labels", "position_ids",
+                                                               "attention_mask", "examples_per_row")), tasks)
 
 
 def _bins_best_fit_decreasing(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
