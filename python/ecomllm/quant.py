@@ -379,6 +379,8 @@ class NF4Tensor:
         if not qs_keys[0].endswith("__nf4"):
             raise NF4StateError(f"only nf4 is supported, found {qs_keys[0]!r}")
         raw = get(qs_keys[0])
+        if raw.dtype != np.uint8:  # bitsandbytes packs the JSON as uint8 bytes; a cast would hide corruption
+            raise NF4StateError(f"{qs_keys[0]}: expected uint8 bytes of JSON, got {raw.dtype}")
         try:
             meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
         except (TypeError, ValueError, RecursionError) as e:  # ValueError covers bad UTF-8 and JSON

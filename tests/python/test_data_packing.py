@@ -130,6 +130,9 @@ def test_packed_dataset_save_load(tmp_path):
     for name in (*cases, "pickled.npz", "huge.npz", "mismatch.npz"):
         with pytest.raises(ValueError, match=name):
             PackedDataset.load(tmp_path / name)
+    np.savez(tmp_path / "float_ids.npz", **{**arrays, "input_ids": arrays["input_ids"] + 0.5})
+    with pytest.raises(ValueError, match="input_ids must be an integer array"):  # was truncated silently
+        PackedDataset.load(tmp_path / "float_ids.npz")
     np.savez(tmp_path / "no_tasks.npz", **arrays)
     assert PackedDataset.load(tmp_path / "no_tasks.npz").tasks == {}
 

@@ -519,6 +519,13 @@ def test_garbage_quant_state(raw):
         NF4Tensor.from_state_dict(sd)
 
 
+def test_quant_state_must_be_uint8_bytes():
+    sd = _sd()
+    sd[QS] = np.asarray(sd[QS]).astype(np.float32) + 0.25  # was cast back to the same bytes silently
+    with pytest.raises(NF4StateError, match="expected uint8 bytes"):
+        NF4Tensor.from_state_dict(sd)
+
+
 @pytest.mark.parametrize("changes", [
     dict(blocksize=48), dict(blocksize=0), dict(blocksize=-64), dict(blocksize=8192), dict(blocksize="abc"),
     dict(blocksize=None), dict(blocksize=_DELETE), dict(shape=_DELETE), dict(shape="8x64"), dict(shape=None),

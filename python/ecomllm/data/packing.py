@@ -85,7 +85,10 @@ class PackedDataset:
         missing = {"input_ids", "labels", "position_ids", "attention_mask", "examples_per_row"} - arrays.keys()
         if missing:
             raise ValueError(f"{path}: packed dataset lacks arrays {sorted(missing)}")
-        names, counts = (arrays.get(k, np.zeros(0)) for k in ("task_names", "task_counts"))
+        for k in ("input_ids", "labels", "position_ids", "attention_mask", "examples_per_row"):
+            if not np.issubdtype(arrays[k].dtype, np.integer):  # astype would turn NaN or 2.5 into garbage
+                raise ValueError(f"{path}: {k} must be an integer array, got {arrays[k].dtype}")
+        names, counts = (arrays.get(k, np.zeros(0, np.int64)) for k in ("task_names", "task_counts"))
         if names.ndim != 1 or counts.ndim != 1 or len(names) != len(counts):
             raise ValueError(f"{path}: task_names and task_counts must be 1-D arrays of the same length")
         with naming_file(path):  # shapes and values are checked by the constructor
