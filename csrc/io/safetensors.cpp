@@ -445,28 +445,12 @@ Checkpoint Checkpoint::open(const std::string& dir_or_file) {
   if (fs::is_directory(root, ec) && fs::exists(root / kIndexFile, ec)) {
     const std::string index_path = (root / kIndexFile).string();
     auto fail = [&](const std::string& reason) { return ValueError(index_path + ": " + reason); };
-    Json index;
-    {
-      FILE* fp = std::fopen(index_path.c_str(), "rb");
-      if (fp == nullptr) throw fail("cannot open (" + errno_text(errno) + ")");
-      std::string text;
-      char buf[1 << 16];
-      size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, fp)) > 0 && text.size() <= kMaxHeaderBytes) text.append(buf, n);
-      std::fclose(fp);
-      if (text.size() > kMaxHeaderBytes) throw fail("index is larger than 100 MiB");
-      if (json_depth(text, kMaxJsonDepth) > kMaxJsonDepth) throw fail("index JSON nests too deep");
-      try {
-        index = Json::parse(text);
-      } catch (const Json::exception& e) {
-        throw fail("not valid JSON (" + printable(e.what()) + ")");
-      }
-    }
-    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    const Json index = read_json_file(index_path);  // bounded size and nesting, printable errors
+    if (!index.is_object() || !index.contains("weight_map") || !index.at("weight_map").is_object())
       throw fail("expected a JSON object with a \"weight_map\" object");
     std::map<std::string, std::string> weight_map;  // tensor -> shard file name
     std::set<std::string> shard_names;
-    for (const auto& [name, file] : index["weight_map"].items()) {
+    for (const auto& [name, file] : index.at("weight_map").items()) {
       if (!file.is_string()) throw fail("weight_map entry of '" + name + "' is not a file name");
       const std::string f = file.get<std::string>();
       if (f.empty() || f == "." || f == ".." || f.find('/') != std::string::npos)

@@ -170,7 +170,7 @@ std::string charsmap_problem(std::string_view blob) {
   uint32_t trie_bytes = 0;
   if (blob.size() <= 4) return "shorter than its size prefix";
   std::memcpy(&trie_bytes, blob.data(), 4);
-  if (trie_bytes >= blob.size() - 4 + 1 || trie_bytes < 4) return "trie size out of range";
+  if (trie_bytes > blob.size() - 4 || trie_bytes < 4) return "trie size out of range";
   const size_t n = trie_bytes / 4;
   std::vector<uint32_t> unit(n);
   std::memcpy(unit.data(), blob.data() + 4, n * 4);

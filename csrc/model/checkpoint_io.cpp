@@ -99,9 +99,7 @@ void check_checkpoint_fits_config(const LlamaConfig& c, const io::Checkpoint& ck
     ECOM_CHECK_ARG(info.shape == shape, name, ": shape ", text(info.shape), " in the checkpoint does not match ",
                    text(shape), " from config.json");
   };
-  const int64_t C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
-  const int64_t out_dims[kNumProj] = {c.q_dim(), c.kv_dim(), c.kv_dim(), C, I, I, C};
-  const int64_t in_dims[kNumProj] = {C, C, C, c.q_dim(), C, C, I};
+  const int64_t C = c.hidden_size, V = c.vocab_size;
   expect("model.embed_tokens.weight", {V, C});
   if (!c.tie_word_embeddings) expect("lm_head.weight", {V, C});
   expect("model.norm.weight", {C});
@@ -109,7 +107,10 @@ void check_checkpoint_fits_config(const LlamaConfig& c, const io::Checkpoint& ck
     const std::string p = "model.layers." + std::to_string(l) + ".";
     expect(p + "input_layernorm.weight", {C});
     expect(p + "post_attention_layernorm.weight", {C});
-    for (int q = 0; q < kNumProj; ++q) expect(p + proj_module(q) + ".weight", {out_dims[q], in_dims[q]});
+    for (int q = 0; q < kNumProj; ++q) {
+      const ProjShape s = proj_shape(c, q);
+      expect(p + proj_module(q) + ".weight", {s.out, s.in});
+    }
   }
 }
 

@@ -82,6 +82,13 @@ bool split_layer_name(const std::string& name, int64_t num_layers, int64_t* laye
 const char* proj_name(int p) { return kProjNames[p]; }
 const char* proj_module(int p) { return kProjModules[p]; }
 
+ProjShape proj_shape(const LlamaConfig& c, int p) {
+  const int64_t C = c.hidden_size, I = c.intermediate_size;
+  const ProjShape shapes[kNumProj] = {{c.q_dim(), C}, {c.kv_dim(), C}, {c.kv_dim(), C}, {C, c.q_dim()},
+                                      {I, C},         {I, C},          {C, I}};
+  return shapes[p];
+}
+
 struct LlamaModel::Layer {
   AlignedBuffer input_norm, post_norm;      // [C]
   AlignedBuffer d_input_norm, d_post_norm;  // [C], full-parameter training only
@@ -109,7 +116,7 @@ struct LlamaModel::Prepared {
 
 LlamaModel::LlamaModel(const LlamaConfig& cfg, const LoadOptions& opt) : cfg_(cfg), opt_(opt) {
   cfg_.validate();
-  const int64_t C = cfg_.hidden_size, V = cfg_.vocab_size, I = cfg_.intermediate_size;
+  const int64_t C = cfg_.hidden_size, V = cfg_.vocab_size;
   auto dense = [&](int64_t in, int64_t out) {
     auto lin = std::make_unique<nn::Linear>(in, out);
     std::vector<float> zero(static_cast<size_t>(in * out), 0.0f);
@@ -123,8 +130,6 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const LoadOptions& opt) : cfg_(cf
   };
   embed_ = dense(C, V);
   if (!cfg_.tie_word_embeddings) lm_head_ = dense(C, V);
-  const int64_t out_dims[kNumProj] = {cfg_.q_dim(), cfg_.kv_dim(), cfg_.kv_dim(), C, I, I, C};
-  const int64_t in_dims[kNumProj] = {C, C, C, cfg_.q_dim(), C, C, I};
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     auto layer = std::make_unique<Layer>();
     layer->input_norm = AlignedBuffer(static_cast<size_t>(C) * 4);
@@ -132,16 +137,16 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const LoadOptions& opt) : cfg_(cf
     std::fill_n(layer->input_norm.as<float>(), C, 1.0f);
     std::fill_n(layer->post_norm.as<float>(), C, 1.0f);
     for (int p = 0; p < kNumProj; ++p) {
+      const ProjShape s = proj_shape(cfg_, p);
       if (opt_.quantize_nf4) {
         // Placeholder storage until set_weight quantizes the real tensor: an all-zero NF4 matrix.
-        std::vector<float> zero(static_cast<size_t>(in_dims[p] * out_dims[p]), 0.0f);
-        auto lin = std::make_unique<nn::Linear>(in_dims[p], out_dims[p]);
-        lin->set_weight_nf4(quant::NF4Weight::quantize(
-            TensorView::contiguous(zero.data(), DType::F32, {out_dims[p], in_dims[p]}), opt_.blocksize,
-            opt_.double_quant));
+        std::vector<float> zero(static_cast<size_t>(s.in * s.out), 0.0f);
+        auto lin = std::make_unique<nn::Linear>(s.in, s.out);
+        lin->set_weight_nf4(quant::NF4Weight::quantize(TensorView::contiguous(zero.data(), DType::F32, {s.out, s.in}),
+                                                       opt_.blocksize, opt_.double_quant));
         layer->proj[p] = std::move(lin);
       } else {
-        layer->proj[p] = dense(in_dims[p], out_dims[p]);
+        layer->proj[p] = dense(s.in, s.out);
       }
     }
     layers_.push_back(std::move(layer));

@@ -38,6 +38,8 @@ struct LoadOptions {
 enum Proj : int { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
 const char* proj_name(int p);    // "q_proj", ..., "down_proj"
 const char* proj_module(int p);  // "self_attn.q_proj", ..., "mlp.down_proj"
+struct ProjShape { int64_t out, in; };
+ProjShape proj_shape(const LlamaConfig& c, int p);  // weight [out, in] of projection p
 
 // A LoRA adapter as PEFT describes it: which modules, rank, alpha, dropout, rsLoRA.
 struct AdapterConfig {

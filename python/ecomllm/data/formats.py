@@ -86,6 +86,8 @@ class _Rec:
 def _utf8(text: str, path, line: int = 1) -> str:
     """text as read with errors="surrogateescape"; DataError (line counted from `line`) if the
     file held bytes that are not UTF-8."""
+    if text.isascii():  # most lines: no escaped bytes possible
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
