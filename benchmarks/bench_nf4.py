@@ -22,8 +22,8 @@ What is measured (benchmarks/README.md describes every field):
   flatter it, in bytes of quantized storage (NF4Tensor.nbytes) read per second (median pass).
   With the default decoding policy (ecomllm.quant.set_decoding_policy) a tensor's first matmul of
   1-16 rows lays its codes out for the exact product-table kernel, in place of bitsandbytes'
-  packed codes, where the CPU has AVX-512 VBMI + VNNI (gemv_layout says which ran; ~4.6 bits per
-  weight held, gemv_held_bits_per_weight).
+  packed codes, where a decode kernel runs: AVX-512 VBMI + VNNI, or the avx2 level (gemv_layout
+  says which ran; ~4.6 bits per weight held, gemv_held_bits_per_weight).
 * gemv_bnb_layout_* -- the kernel over bitsandbytes' layout (prepare_decoding(False)) on the same
   matrices in the same alternating passes: the default where the decode layout does not apply.
   gemm_m128_codes_released_vs_held: prefill speed with the codes released (W panels from the
@@ -1002,7 +1002,7 @@ DEFINITIONS = {
                     "passes alternate with ours",
     "ours_vs_bnb_gemv": "gemv_gbs / bnb_gemv_gbs (> 1: ours faster); per shape: bnb ms / our ms",
     "gemv_layout": "which layout gemv_gbs ran on: the decode layout where the default decoding policy lays the "
-                   "codes out on this CPU (AVX-512 VBMI + VNNI), else bitsandbytes'",
+                   "codes out on this CPU (AVX-512 VBMI + VNNI, or the avx2 level), else bitsandbytes'",
     "gemv_streamed_gbs": "bytes per second the default path's kernel actually streams where it is the decode layout "
                          "(codes + fp32 block scales: decode_layout_bits_per_weight), where gemv_gbs counts the NF4 "
                          "state's bytes (nf4_held_bits_per_weight); gemv_streamed_vs_bandwidth: how close the stream "

@@ -119,22 +119,23 @@ class PyNF4Matrix {
   // the packed codes (the layout holds them too); keep_codes=true brings released codes back.
   // enabled=false drops the layout (restoring released codes first).
   bool prepare_decoding(bool enabled, bool keep_codes) {
-    const bool keep_layout = enabled && quant::nf4_decode_layout_useful(m_);
-    if (!holds_codes() && (!keep_layout || keep_codes)) {
+    quant::DecodeLayoutKind kind{};
+    const bool keep_layout = enabled && quant::nf4_decode_layout_supported(m_) && quant::nf4_decode_kind_here(&kind);
+    // A layout built for another SIMD level (set_simd_level) is rebuilt for this one.
+    const bool stale = keep_layout && decode_ && decode_->kind != kind;
+    if (!holds_codes() && (!keep_layout || keep_codes || stale)) {
       py::array packed = restored_codes();
       m_.packed = static_cast<const uint8_t*>(packed.data());
       packed_ = std::move(packed);  // under the GIL, like every change below: matmul copies them under it
     }
-    if (!keep_layout) {
-      decode_.reset();
-      return false;
-    }
+    if (!keep_layout || stale) decode_.reset();
+    if (!keep_layout) return false;
     if (!decode_) {
       std::shared_ptr<quant::NF4DecodeLayout> built;
       const Codes codes = current_codes();  // keeps the packed codes alive if another thread releases them
       {
         py::gil_scoped_release release;
-        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(codes.W));
+        built = std::make_shared<quant::NF4DecodeLayout>(quant::nf4_build_decode_layout(codes.W, kind));
       }
       if (!decode_) decode_ = std::move(built);  // another thread may have built one meanwhile
     }

@@ -11,12 +11,58 @@
 
 namespace ecomllm::quant {
 
-bool nf4_decode_kernel_available() {
+bool nf4_decode_kernel_available(DecodeLayoutKind kind) {
+  if (kind == DecodeLayoutKind::kAvx2) return simd_level() == SimdLevel::AVX2;
   const CpuFeatures& f = cpu_features();
   return simd_level() == SimdLevel::AVX512 && f.avx512_vbmi && f.avx512_vnni;
 }
 
+bool nf4_decode_kind_here(DecodeLayoutKind* kind) {
+  for (const DecodeLayoutKind k : {DecodeLayoutKind::kVbmi, DecodeLayoutKind::kAvx2})
+    if (nf4_decode_kernel_available(k)) {
+      *kind = k;
+      return true;
+    }
+  return false;
+}
+
+namespace {
+
+// Where byte i (< 4) of row j (< 64) of a supergroup's dword for octet o lies in a segment, and
+// where the row's block scale lies (nf4_decode_layout.h).
+int64_t code_offset(DecodeLayoutKind kind, int64_t j, int64_t o, int64_t i) {
+  if (kind == DecodeLayoutKind::kVbmi) return o * 256 + (j / 16) * 64 + (j % 16) * 4 + i;
+  return (j / 16) * 512 + o * 64 + i * 16 + j % 16;
+}
+// Copies a row's dword for octet o between bitsandbytes' layout and a segment, either way.
+void copy_dword(DecodeLayoutKind kind, int64_t j, int64_t o, const uint8_t* from_row, uint8_t* segment) {
+  if (kind == DecodeLayoutKind::kVbmi) {
+    std::memcpy(segment + code_offset(kind, j, o, 0), from_row, 4);  // contiguous
+  } else {
+    for (int64_t i = 0; i < 4; ++i) segment[code_offset(kind, j, o, i)] = from_row[i];
+  }
+}
+void restore_dword(DecodeLayoutKind kind, int64_t j, int64_t o, const uint8_t* segment, uint8_t* to_row) {
+  if (kind == DecodeLayoutKind::kVbmi) {
+    std::memcpy(to_row, segment + code_offset(kind, j, o, 0), 4);
+  } else {
+    for (int64_t i = 0; i < 4; ++i) to_row[i] = segment[code_offset(kind, j, o, i)];
+  }
+}
+int64_t scale_offset(DecodeLayoutKind kind, int64_t j) {
+  const int64_t slot = kind == DecodeLayoutKind::kVbmi ? j : (j / 16) * 16 + avx2_scale_slot(j % 16);
+  return kSegmentCodeBytes + 4 * slot;
+}
+
+}  // namespace
+
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
+  DecodeLayoutKind kind = DecodeLayoutKind::kVbmi;
+  nf4_decode_kind_here(&kind);
+  return nf4_build_decode_layout(W, kind);
+}
+
+NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kind) {
   W.validate();
   ECOM_CHECK_ARG(nf4_decode_layout_supported(W), "NF4 decode layout: needs in_features and the blocksize to be ",
                  "multiples of 64 and code-book values in [-1, 1], got ", W.cols, " and ", W.blocksize);
@@ -24,6 +70,7 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
   L.rows = W.rows;
   L.cols = W.cols;
   L.supergroups = (W.rows + kDecodeRows - 1) / kDecodeRows;
+  L.kind = kind;
   const int64_t K = W.cols, segments = K / 64, row_bytes = K / 2;
   L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * kSegmentBytes), true);
   uint8_t* data = L.data.as<uint8_t>();
@@ -39,9 +86,9 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
         for (int64_t s = 0; s < segments; ++s) {
           uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
           for (int64_t o = 0; o < 8; ++o)
-            std::memcpy(segment + o * 256 + (r / 16) * 64 + (r % 16) * 4, src + 4 * (8 * s + o), 4);
+            copy_dword(kind, r, o, src + 4 * (8 * s + o), segment);
           const float scale = row_scales[static_cast<size_t>((row * K + 64 * s) / W.blocksize - b0)];
-          std::memcpy(segment + kSegmentCodeBytes + 4 * r, &scale, 4);
+          std::memcpy(segment + scale_offset(kind, r), &scale, 4);
         }
       }
     }
@@ -59,7 +106,7 @@ void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
         for (int64_t s = 0; s < segments; ++s) {
           const uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
           for (int64_t o = 0; o < 8; ++o)
-            std::memcpy(dst + 4 * (8 * s + o), segment + o * 256 + (r / 16) * 64 + (r % 16) * 4, 4);
+            restore_dword(L.kind, r, o, segment, dst + 4 * (8 * s + o));
         }
       }
   });
@@ -81,21 +128,35 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
                        float* y, int digits) {
   ECOM_CHECK_ARG(digits == kTableDigitsExact || digits == kTableDigitsInt16, "nf4 decode matmul: digits must be ",
                  kTableDigitsInt16, " or ", kTableDigitsExact, ", got ", digits);
-  if (!nf4_decode_kernel_available()) return false;
+  if (!nf4_decode_kernel_available(L.kind)) return false;
+  const bool avx2 = L.kind == DecodeLayoutKind::kAvx2;
   const int64_t K = L.cols, N = L.rows, segments = K / 64;
   // Reused across calls on this thread (a fresh 48 x K-byte buffer per call would be an mmap whose
   // page faults cost more than the tables). Workers get plain pointers: inside their lambda the
   // thread_local names would be their own.
   thread_local AlignedBuffer table_buffer, xscale_buffer;
-  const size_t table_bytes = static_cast<size_t>(K / 8 * kTableBytesPerOctet);
+  const size_t table_bytes = static_cast<size_t>(K / 8 * (avx2 ? kAvx2TableBytesPerOctet : kTableBytesPerOctet));
   if (table_buffer.size() < table_bytes) table_buffer = AlignedBuffer(table_bytes);
   if (xscale_buffer.size() < sizeof(float) * static_cast<size_t>(segments))
     xscale_buffer = AlignedBuffer(sizeof(float) * static_cast<size_t>(segments));
   int8_t* tables = table_buffer.as<int8_t>();
+  uint8_t* avx2_tables = table_buffer.as<uint8_t>();
   float* xscale = xscale_buffer.as<float>();
   // Every row is checked before anything is written, so that a refusal computes nothing.
   for (int64_t m = 0; m < M; ++m)
-    if (!nf4_product_tables_usable(x + m * K, K)) return false;
+    if (!(avx2 ? nf4_product_tables_usable_avx2(x + m * K, K) : nf4_product_tables_usable(x + m * K, K))) return false;
+  auto build = [&](const float* xm, int64_t s0, int64_t s1) {
+    if (avx2)
+      nf4_build_product_tables_avx2(code, xm, K, s0, s1, avx2_tables, xscale);
+    else
+      nf4_build_product_tables(code, xm, K, s0, s1, tables, xscale, digits);
+  };
+  auto walk = [&](int64_t g0, int64_t g1, float* ym) {
+    if (avx2)
+      nf4_decode_rows_avx2(L, avx2_tables, xscale, bias, g0, g1, ym);
+    else
+      nf4_decode_rows(L, tables, xscale, bias, g0, g1, ym, digits);
+  };
   // One parallel region for all rows of x: each thread builds its share of the tables, waits for
   // the others, then walks its supergroups (two regions per row cost ~5 us more per call here).
   // (Single-threaded, no barrier is reached: called from inside someone else's parallel region,
@@ -103,8 +164,8 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
   const int threads = static_cast<int>(std::min<int64_t>(max_threads(), L.supergroups));
   if (threads <= 1) {
     for (int64_t m = 0; m < M; ++m) {
-      nf4_build_product_tables(code, x + m * K, K, 0, segments, tables, xscale, digits);
-      nf4_decode_rows(L, tables, xscale, bias, 0, L.supergroups, y + m * N, digits);
+      build(x + m * K, 0, segments);
+      walk(0, L.supergroups, y + m * N);
     }
     return true;
   }
@@ -112,11 +173,9 @@ bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float*
   {
     const int t = thread_index(), nt = omp_get_num_threads();
     for (int64_t m = 0; m < M; ++m) {
-      nf4_build_product_tables(code, x + m * K, K, segments * t / nt, segments * (t + 1) / nt, tables, xscale,
-                               digits);
+      build(x + m * K, segments * t / nt, segments * (t + 1) / nt);
 #pragma omp barrier
-      nf4_decode_rows(L, tables, xscale, bias, L.supergroups * t / nt, L.supergroups * (t + 1) / nt, y + m * N,
-                      digits);
+      walk(L.supergroups * t / nt, L.supergroups * (t + 1) / nt, y + m * N);
 #pragma omp barrier
     }
   }

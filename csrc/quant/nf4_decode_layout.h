@@ -1,27 +1,34 @@
-// An NF4 matrix's codes (and block scales) laid out for the product-table kernel: exact (~3e-7 of
-// fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed on AVX-512 CPUs
-// with VBMI and VNNI, ~4.5 bits per weight. Its owner keeps it as a second copy of the codes or,
+// An NF4 matrix's codes (and block scales) laid out for the product-table kernels: exact (~3e-7 of
+// fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed, ~4.5 bits per
+// weight. Two kernels, each with its own byte order (DecodeLayoutKind): AVX-512 with VBMI and VNNI
+// (64-entry vpermb tables, digit sums by vpdpbusd), and AVX2 (16-entry vpshufb tables per 128-bit
+// lane, digit sums in 16-bit lanes). Its owner keeps it as a second copy of the codes or,
 // releasing bitsandbytes' packed codes, as the only one (nf4_restore_packed gives them back).
-// The forward GEMM also reads its W panels from it (nf4_decode_panel).
+// The AVX-512 forward GEMM also reads its W panels from the VBMI kind (nf4_decode_panel).
 //
-// Why a layout of its own: the table kernel looks products up 64 bytes at a time with one table for all of
-// them, so a 64-byte load must hold the same 8 columns (an "octet") of 16 rows; bitsandbytes'
-// row-major layout holds 128 columns of one row. Transposing on the fly costs as much as the
-// lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp). Streaming the copy from DRAM
-// measured 1.6-1.9x the default kernel and 1.1-1.3x bitsandbytes' bf16 one on a 2-core Zen 4
-// (benchmarks/README.md has the figures).
+// Why a layout of its own: a table kernel looks products up a register at a time with one table
+// per 64 bytes (VBMI) or per 16 bytes (AVX2), so a load must hold the same few columns of many
+// rows; bitsandbytes' row-major layout holds 128 columns of one row. Transposing on the fly costs
+// as much as the lookups (benchmarks/probes/nf4_table_gemv_bnb_layout.cpp). Streaming the copy
+// from DRAM measured 1.6-1.9x the default kernel and 1.1-1.3x bitsandbytes' bf16 one on a 2-core
+// Zen 4 (benchmarks/README.md has the figures).
 //
 // Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous stream per
 // supergroup and 64-column segment (kSegmentBytes), so that one prefetch stream covers codes and
-// scales (a separate scale stream measured a few % slower):
-//   [supergroup g][segment s] 8 octets x 4 chunks x 64 bytes of codes: byte 4 j + i of chunk r of
-//            octet o is byte 4 (8 s + o) + i of row 64 g + 16 r + j in bitsandbytes' layout (its
-//            high nibble is column 8 (8 s + o) + 2 i, the low nibble the next column);
-//            then 64 fp32 scales: row 64 g + r's block scale for the segment, double
-//            quantization undone as dequantize() does (0 for padding rows).
+// scales (a separate scale stream measured a few % slower). A segment holds 2048 bytes of codes
+// (64 rows x 8 "octets" of 8 columns, 4 bytes per row and octet) and then 64 fp32 block scales
+// (double quantization undone as dequantize() does; 0 for padding rows). Row 64 g + 16 r + j
+// (chunk r, j < 16), byte i < 4 of its dword for octet o = byte 4 (8 s + o) + i of the row in
+// bitsandbytes' layout (high nibble: column 8 (8 s + o) + 2 i, low nibble: the next column):
+//   kVbmi: codes at o * 256 + 64 r + 4 j + i (a 64-byte chunk: 16 rows x 4 dwords);
+//          scale at 4 (16 r + j).
+//   kAvx2: codes at 512 r + 64 o + 16 i + j (a 128-bit lane: one column pair of 16 rows; a chunk's
+//          8 octets contiguous, so that its 16-row accumulators finish before the next chunk);
+//          scale at 4 (16 r + p) with p = avx2_scale_slot(j), the order the kernel's sums come out in.
 // The x side: per call, for every column k and code c, q = round(code[c] * x[k] * kQMax / xmax),
-// xmax = max |x| over k's segment, as three signed-byte digits in 64-byte vpermb tables (see
-// nf4_build_product_tables); digit sums are combined exactly in int32 every 64 columns.
+// xmax = max |x| over k's segment, as byte digits in lookup tables (nf4_build_product_tables; the
+// AVX2 kernel's in nf4_decode_layout_avx2.cpp); digit sums are combined exactly in int32 every 64
+// columns, so both kinds give bit-identical results.
 #pragma once
 
 #include <cstdint>
@@ -38,14 +45,22 @@ constexpr int64_t kSegmentBytes = kSegmentCodeBytes + kDecodeRows * 4;  // + 64 
 // of max |y|), 2 for int16 activations (16-bit products, ~6e-5: activations="int16").
 constexpr int kTableDigitsExact = 3;
 constexpr int kTableDigitsInt16 = 2;
-constexpr int64_t kTableBytesPerOctet = 384;    // at most 3 digits x 2 nibbles x 64 bytes
+constexpr int64_t kTableBytesPerOctet = 384;    // VBMI: at most 3 digits x 2 nibbles x 64 bytes
+constexpr int64_t kAvx2TableBytesPerOctet = 512;  // AVX2: 4 six-bit digits x 8 columns x 16 bytes
 // Largest |q| for `digits` digits, 2^(8 d - 1) - 2^(8 d - 8) (2^23 - 2^16 for 3): the top digit
 // stays within int8.
 constexpr float table_qmax(int digits) { return digits == kTableDigitsExact ? 8323072.0f : 32512.0f; }
 constexpr float kMinSegmentMax = 0x1p-100f;      // smallest non-zero segment max |x| the tables take
 
+// Which kernel a layout's byte order serves (see above); sizes are the same.
+enum class DecodeLayoutKind : uint8_t { kVbmi, kAvx2 };
+// Output position p of row j of a 16-row chunk in the AVX2 kernel's sums (rows 0, 2, 4, 6, 1, 3, 5,
+// 7, then 8-15 alike): p = 8 (j / 8) + 4 (j % 2) + (j % 8) / 2.
+constexpr int64_t avx2_scale_slot(int64_t j) { return 8 * (j / 8) + 4 * (j % 2) + (j % 8) / 2; }
+
 struct NF4DecodeLayout {
   int64_t rows = 0, cols = 0, supergroups = 0;
+  DecodeLayoutKind kind = DecodeLayoutKind::kVbmi;
   AlignedBuffer data;  // supergroups * cols / 64 * kSegmentBytes
   int64_t nbytes() const { return static_cast<int64_t>(data.size()); }
 };
@@ -56,14 +71,21 @@ struct NF4DecodeLayout {
 inline bool nf4_decode_layout_supported(const NF4Matrix& W) {
   return W.cols % 64 == 0 && W.blocksize % 64 == 0 && W.code_within_unit();
 }
-// Whether this CPU runs the kernel: AVX-512 level active, VBMI and VNNI present.
-bool nf4_decode_kernel_available();
-// Whether a decode layout of W would be used here: both of the above.
+// Whether this CPU, at the active SIMD level, runs the kernel of `kind`: kVbmi at the AVX-512 level
+// with VBMI and VNNI present, kAvx2 at the AVX2 level.
+bool nf4_decode_kernel_available(DecodeLayoutKind kind);
+// The kind decoded with here, if any: kVbmi or kAvx2 as above. None at the scalar level, and none
+// at the AVX-512 level without VBMI/VNNI, where the default AVX-512 kernel is the faster one.
+bool nf4_decode_kind_here(DecodeLayoutKind* kind);
+// Whether a decode layout of W would be used here.
 inline bool nf4_decode_layout_useful(const NF4Matrix& W) {
-  return nf4_decode_layout_supported(W) && nf4_decode_kernel_available();
+  DecodeLayoutKind kind;
+  return nf4_decode_layout_supported(W) && nf4_decode_kind_here(&kind);
 }
 
-// The repacked copy of W (multi-threaded). ValueError unless nf4_decode_layout_supported(W).
+// The repacked copy of W for `kind` (multi-threaded). ValueError unless nf4_decode_layout_supported(W).
+NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kind);
+// ... for the kind decoded with here (kVbmi where there is none).
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W);
 // The exact inverse of the repacking: bitsandbytes' packed codes [rows * cols / 2] from L
 // (multi-threaded). For weights whose owner released its packed codes (compact decoding).
@@ -77,7 +99,8 @@ NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, Alig
 // decoding (each row is one pass over the codes). Returns false, computing nothing, when the
 // kernel is unavailable here or a row of x holds inf/NaN or a segment so small (0 < max|x| <
 // 2^-100) that its scale would be a denormal: the caller then uses nf4_matmul. digits:
-// kTableDigitsExact, or kTableDigitsInt16 for the int16-activation product (nf4_matmul_int16).
+// kTableDigitsExact, or kTableDigitsInt16 for the int16-activation product (nf4_matmul_int16); the
+// AVX2 kernel always computes the exact product (its 16-bit variant would save little).
 bool nf4_decode_matmul(const NF4DecodeLayout& L, const float* code, const float* x, int64_t M, const float* bias,
                        float* y, int digits = kTableDigitsExact);
 
@@ -91,7 +114,14 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
 // y[64 g ..] for supergroups [g0, g1) (rows past L.rows are not written), from tables of `digits`.
 void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
                      int64_t g0, int64_t g1, float* y, int digits);
-// The AVX-512 forward GEMM's W panel straight from the layout: panel[k * 32 + j] = dequant(W)[n0 +
+// AVX2 counterparts (nf4_decode_layout_avx2.cpp): the same checks; tables [K / 8 *
+// kAvx2TableBytesPerOctet] of four 6-bit digits per product; rows of a kAvx2 layout.
+bool nf4_product_tables_usable_avx2(const float* x, int64_t K);
+void nf4_build_product_tables_avx2(const float* code, const float* x, int64_t K, int64_t s0, int64_t s1,
+                                   uint8_t* tables, float* xscale);
+void nf4_decode_rows_avx2(const NF4DecodeLayout& L, const uint8_t* tables, const float* xscale, const float* bias,
+                          int64_t g0, int64_t g1, float* y);
+// The AVX-512 forward GEMM's W panel straight from a kVbmi layout: panel[k * 32 + j] = dequant(W)[n0 +
 // j, k0 + k] for j < 32, k < kc (code * block scale, the values dequantize() gives; rows past
 // L.rows are -0.0: code[0] * a zero scale). n0 % 32 == 0, k0 % 64 == 0, kc % 64 == 0. A 64-byte chunk holds 16 rows x 8
 // columns, so each looked-up vector is already a half row of the panel: no transpose, ~1/3 of

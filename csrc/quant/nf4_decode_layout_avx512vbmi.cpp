@@ -1,5 +1,6 @@
 // The product-table M = 1 kernel over the decode layout (nf4_decode_layout.h): the per-call tables
-// of x and the walk. Built with AVX-512 VBMI + VNNI; called only where nf4_decode_kernel_available().
+// of x and the walk. Built with AVX-512 VBMI + VNNI; called only where
+// nf4_decode_kernel_available(DecodeLayoutKind::kVbmi).
 //
 // Table layout, per octet o (columns 8 o .. 8 o + 7; D digits x 128 bytes, D = 3 exact or 2 for
 // int16 activations), digit d (0: low byte) and nibble h (0: the high nibble of each code byte =

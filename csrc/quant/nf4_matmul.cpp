@@ -561,7 +561,8 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
   }
   const NF4Kernels& kern = nf4_kernels();
   if (M > kGemvMaxRows && decode && kern.level == SimdLevel::AVX512 && kern.gemm_nr == kDecodePanelRows &&
-      nf4_decode_kernel_available() && !(M >= kAmxMinRows && amx_usable())) {
+      decode->kind == DecodeLayoutKind::kVbmi && nf4_decode_kernel_available(DecodeLayoutKind::kVbmi) &&
+      !(M >= kAmxMinRows && amx_usable())) {
     gemm_tiled(kern, x, M, W.rows, W.cols, DecodeLayoutPanels{*decode, W.code}, bias, y, extra);
     return;
   }

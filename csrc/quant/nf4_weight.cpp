@@ -150,17 +150,17 @@ const uint8_t* NF4Weight::packed_codes(AlignedBuffer& storage) const {
 }
 
 bool NF4Weight::prepare_decoding(bool enabled, bool keep_codes) {
-  const bool keep_layout = enabled && nf4_decode_layout_useful(m_);
-  if (!holds_codes() && (!keep_layout || keep_codes)) {  // the codes come back before the layout may go
+  DecodeLayoutKind kind{};
+  const bool keep_layout = enabled && nf4_decode_layout_supported(m_) && nf4_decode_kind_here(&kind);
+  const bool stale = keep_layout && decode_ && decode_->kind != kind;  // built for another SIMD level
+  if (!holds_codes() && (!keep_layout || keep_codes || stale)) {  // the codes come back before the layout may go
     packed_ = AlignedBuffer::with_huge_pages(static_cast<size_t>(nf4_packed_bytes(m_.numel())), false);
     nf4_restore_packed(*decode_, packed_.as<uint8_t>());
     m_.packed = packed_.as<uint8_t>();
   }
-  if (!keep_layout) {
-    decode_.reset();
-    return false;
-  }
-  if (!decode_) decode_ = std::make_shared<const NF4DecodeLayout>(nf4_build_decode_layout(m_));
+  if (!keep_layout || stale) decode_.reset();
+  if (!keep_layout) return false;
+  if (!decode_) decode_ = std::make_shared<const NF4DecodeLayout>(nf4_build_decode_layout(m_, kind));
   if (!keep_codes && holds_codes()) {
     packed_ = AlignedBuffer();
     m_.packed = nullptr;

@@ -57,8 +57,8 @@ _AUTO_DECODING_MAX_ROWS = 16  # the layout's row kernel takes up to this many ro
 def set_decoding_policy(policy: str) -> None:
     """``"auto"`` (default): an :class:`NF4Tensor` lays its codes out for decoding at its first
     matmul of 1-16 rows of x, as bitsandbytes repacks its weights at their first CPU inference
-    call: ``prepare_decoding(keep_codes=False)``, where the CPU has AVX-512 VBMI + VNNI (elsewhere
-    nothing changes) and the layout's padding of the rows to a multiple of 64 adds at most 1/8.
+    call: ``prepare_decoding(keep_codes=False)``, where a decode kernel runs (AVX-512 VBMI + VNNI
+    at the ``avx512`` level, or the ``avx2`` level; elsewhere nothing changes) and the layout's padding of the rows to a multiple of 64 adds at most 1/8.
     ``"manual"``: only an explicit :meth:`NF4Tensor.prepare_decoding` does. Tensors that already
     had their first such matmul, or an explicit ``prepare_decoding``, keep what they have."""
     global _decoding_policy
@@ -256,13 +256,14 @@ class NF4Tensor:
         over W). Rows holding inf/NaN, or a 64-element chunk whose max |x| is below 2^-90 but
         not 0, fall back to the fp32 kernel.
 
-        On CPUs with AVX-512 VBMI and VNNI the first fp32 call with 1-16 rows of x lays the
-        codes out for decoding (``prepare_decoding(keep_codes=False)``: exact to ~1e-6, about
+        Where a decode kernel runs (see :meth:`prepare_decoding`) the first fp32 call with 1-16
+        rows of x lays the codes out for decoding (``prepare_decoding(keep_codes=False)``: exact to ~1e-6, about
         twice as fast for a few rows, ~4.6 bits per weight held instead of ~4.13), unless
         :func:`set_decoding_policy` is ``"manual"`` or :meth:`prepare_decoding` was called. On a
-        weight so laid out, ``activations="int16"`` reads the layout too: its product tables
-        with 16-bit products instead of 24-bit ones (~6e-5, as the int16 kernel; 4 lookups per
-        64 bytes instead of 6, ~1.3x the exact layout's speed where compute binds).
+        weight so laid out, ``activations="int16"`` reads the layout too: with AVX-512, its
+        product tables with 16-bit products instead of 24-bit ones (~6e-5, as the int16 kernel;
+        4 lookups per 64 bytes instead of 6, ~1.3x the exact layout's speed where compute binds);
+        with AVX2, the exact product (its 16-bit variant would save little).
         """
         self._require_2d()
         if activations not in ("fp32", "int16"):
@@ -281,12 +282,14 @@ class NF4Tensor:
     def prepare_decoding(self, enabled: bool = True, *, keep_codes: bool = True) -> bool:
         """Lay the codes out for fast exact token-by-token decoding.
 
-        With the decode layout, :meth:`matmul` with up to 16 rows of x runs the product-table
-        kernel: x becomes tables of ``code[c] * x[k]`` (three byte digits per product, exact to
-        ~1e-6 of the fp32 kernel), and each 64 bytes of codes cost 6 byte lookups and 6 integer
-        dot products. On Zen 4 it streams the weights at 1.06-1.3x bitsandbytes' bf16 kernel and
-        0.7-0.96 of the machine's read bandwidth, about 1.5x the kernel over bitsandbytes' layout
-        (``benchmarks/README.md``). The layout holds the codes and fp32 block scales: ~4.5 bits
+        With the decode layout, :meth:`matmul` with up to 16 rows of x runs a product-table
+        kernel: x becomes tables of ``code[c] * x[k]`` as 24-bit integers (exact to ~1e-6 of the
+        fp32 kernel). With AVX-512 VBMI + VNNI each 64 bytes of codes cost 6 byte lookups and 6
+        integer dot products; on Zen 4 it streams the weights at 1.06-1.3x bitsandbytes' bf16
+        kernel and 0.7-0.96 of the machine's read bandwidth, about 1.5x the kernel over
+        bitsandbytes' layout. With AVX2 (in-lane ``vpshufb`` lookups, four 6-bit digits per
+        product, sums in 16-bit lanes) it is ~1.8x the default AVX2 kernel on the same Zen 4, and
+        gives the same bits as the AVX-512 one (``benchmarks/README.md``). The layout holds the codes and fp32 block scales: ~4.5 bits
         per weight (:attr:`decoding_nbytes`).
 
         ``keep_codes=True`` (default) keeps bitsandbytes' packed codes too: ~4.13 + 4.5 bits per
@@ -297,14 +300,18 @@ class NF4Tensor:
         from the layout (bit-identical to bitsandbytes' layout, and faster); the paths that read
         bitsandbytes' layout (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16
         activations on rows the tables refuse, matmuls on AMX tiles, 1-3 rows the table kernel
-        refuses, every matmul below
-        the ``avx512`` level) restore a transient copy of the codes per call (~1-2 ms per 4096 x
-        4096 weight), so it suits serving more than training. Calling again with
+        refuses, matmuls of more than 16 rows below the ``avx512`` level) restore a transient
+        copy of the codes per call (~1-2 ms per 4096 x 4096 weight), so it suits serving more
+        than training. Calling again with
         ``keep_codes=True`` brings the codes back.
 
-        Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a CPU with
-        AVX-512 VBMI and VNNI (at the ``avx512`` level). Returns whether the layout is in use
-        (False, nothing allocated and nothing released, where those are missing);
+        Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a decode
+        kernel at the active SIMD level: AVX-512 VBMI and VNNI at ``avx512``, or ``avx2`` (none
+        at ``scalar``, nor at ``avx512`` without VBMI/VNNI, where the default AVX-512 kernel is
+        the faster). The layout's byte order is the kernel's: called again after
+        :func:`ecomllm.set_simd_level` moved to the other kernel, it rebuilds the layout.
+        Returns whether the layout is in use (False, nothing allocated and nothing released,
+        where those are missing);
         ``enabled=False`` drops it, restoring released codes first. Rows of x holding inf/NaN, or
         a 64-element segment whose max |x| is below 2^-100 but not 0, take the default kernel.
         State dicts and files are unaffected (bitsandbytes' layout, byte for byte).

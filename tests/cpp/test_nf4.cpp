@@ -369,33 +369,55 @@ TEST(NF4GemvScales, GathersAndPermutesAgreeBitForBit) {
   set_simd_level(cpu_features().best_level());
 }
 
-// The decode layout's product-table kernel against the fp64 reference, where this CPU runs it;
-// elsewhere nf4_decode_matmul must refuse (return false) without writing.
+// The decode layouts' product-table kernels against the fp64 reference, each at the SIMD level it
+// runs at (VBMI at avx512 where the CPU has VBMI and VNNI, AVX2 at avx2), and against each other:
+// the same integer digit sums and float steps, so the same bits. At a level where a kind's kernel
+// does not run, nf4_decode_matmul must refuse (return false) without writing.
 TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
   struct Case { int64_t M, N, K, bs; bool dq; };
+  struct KindAt { DecodeLayoutKind kind; SimdLevel level; };
+  const KindAt kinds[] = {{DecodeLayoutKind::kVbmi, SimdLevel::AVX512}, {DecodeLayoutKind::kAvx2, SimdLevel::AVX2}};
   for (const Case c : {Case{1, 3, 64, 64, false}, Case{2, 65, 4096, 64, true}, Case{3, 130, 192, 128, true},
-                       Case{1, 64, 8192, 4096, true}}) {
+                       Case{1, 64, 8192, 4096, true}, Case{2, 200, 640, 64, true}}) {
     const Weight w = make_weight(c.N, c.K, c.bs, c.dq, 53);
     ASSERT_TRUE(nf4_decode_layout_supported(w.m));
-    const NF4DecodeLayout L = nf4_build_decode_layout(w.m);
-    EXPECT_EQ(L.supergroups, (c.N + 63) / 64);
     const std::vector<double> wd = dense(w.m);
     const std::vector<float> x = random_normal(c.M * c.K, 59), bias = random_normal(c.N, 61);
     const std::vector<double> y_ref = reference_product(x, wd, bias, c.M, c.N, c.K);
-    std::vector<float> y(c.M * c.N, NAN);
-    const bool ran = nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data());
-    EXPECT_EQ(ran, nf4_decode_kernel_available());
-    if (ran) {
-      EXPECT_LE(rel_err(y, y_ref), 1e-5) << "N=" << c.N << " K=" << c.K;
-      // Two digits (16-bit products, the int16-activation product): ~6e-5, held to 5e-4 as q16.
-      std::vector<float> y16(c.M * c.N, NAN);
-      ASSERT_TRUE(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y16.data(), kTableDigitsInt16));
-      EXPECT_LE(rel_err(y16, y_ref), 5e-4) << "N=" << c.N << " K=" << c.K;
-      EXPECT_GT(rel_err(y16, y_ref), rel_err(y, y_ref));
-    } else {
-      for (float v : y) EXPECT_TRUE(std::isnan(v));  // nothing written
+    std::vector<std::vector<float>> ran_outputs;
+    for (const KindAt k : kinds) {
+      if (cpu_features().best_level() < k.level) continue;
+      set_simd_level(k.level);
+      const NF4DecodeLayout L = nf4_build_decode_layout(w.m, k.kind);
+      EXPECT_EQ(L.supergroups, (c.N + 63) / 64);
+      EXPECT_EQ(L.kind, k.kind);
+      std::vector<float> y(c.M * c.N, NAN);
+      const bool ran = nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data());
+      EXPECT_EQ(ran, nf4_decode_kernel_available(k.kind));
+      if (ran) {
+        EXPECT_LE(rel_err(y, y_ref), 1e-5) << "N=" << c.N << " K=" << c.K;
+        std::vector<float> y16(c.M * c.N, NAN);
+        ASSERT_TRUE(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y16.data(), kTableDigitsInt16));
+        if (k.kind == DecodeLayoutKind::kVbmi) {
+          // Two digits (16-bit products, the int16-activation product): ~6e-5, held to 5e-4 as q16.
+          EXPECT_LE(rel_err(y16, y_ref), 5e-4) << "N=" << c.N << " K=" << c.K;
+          EXPECT_GT(rel_err(y16, y_ref), rel_err(y, y_ref));
+        } else {  // the AVX2 kernel computes the exact product for either
+          EXPECT_EQ(0, std::memcmp(y16.data(), y.data(), y.size() * sizeof(float)));
+        }
+        ran_outputs.push_back(y);
+      } else {
+        for (float v : y) EXPECT_TRUE(std::isnan(v));  // nothing written
+      }
+      EXPECT_THROW(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data(), 4), ValueError);
+      // Any other level refuses this kind.
+      set_simd_level(SimdLevel::Scalar);
+      EXPECT_FALSE(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data()));
     }
-    EXPECT_THROW(nf4_decode_matmul(L, w.m.code, x.data(), c.M, bias.data(), y.data(), 4), ValueError);
+    set_simd_level(cpu_features().best_level());
+    if (ran_outputs.size() == 2)
+      EXPECT_EQ(0, std::memcmp(ran_outputs[0].data(), ran_outputs[1].data(), ran_outputs[0].size() * sizeof(float)))
+          << "N=" << c.N << " K=" << c.K;
   }
   const Weight odd = make_weight(4, 96, 64, false, 67);  // K % 64 != 0
   EXPECT_FALSE(nf4_decode_layout_supported(odd.m));
@@ -415,9 +437,10 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
 // restored codes, 5 rows through the layout's kernel either way. Without codes or a layout,
 // ValueError.
 TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
+  for (const auto kind : {DecodeLayoutKind::kVbmi, DecodeLayoutKind::kAvx2})
   for (const int64_t N : {1, 65, 130}) {
     const Weight w = make_weight(N, 192, 64, true, 71);
-    const NF4DecodeLayout L = nf4_build_decode_layout(w.m);
+    const NF4DecodeLayout L = nf4_build_decode_layout(w.m, kind);
     std::vector<uint8_t> restored(static_cast<size_t>(N * 192 / 2), 0xAA);
     nf4_restore_packed(L, restored.data());
     EXPECT_EQ(0, std::memcmp(restored.data(), w.m.packed, restored.size())) << "N=" << N;

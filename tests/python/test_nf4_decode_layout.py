@@ -2,8 +2,10 @@
 
 Reference: float64 numpy products with W_deq = dequantize(), and the default fp32 kernel.
 Tolerance: relative error max|ours - ref| / max|ref| <= 1e-5, as for every other NF4 kernel (the
-table kernel's products carry 24-bit digits: ~3e-7 measured). Where this CPU lacks AVX-512 VBMI or
-VNNI, prepare_decoding must return False and change nothing; the kernel tests then skip.
+table kernel's products carry 24-bit digits: ~3e-7 measured). Two kernels, each with its own byte
+order: AVX-512 VBMI + VNNI at the avx512 level, AVX2 at the avx2 level; they must agree bit for
+bit. Where neither runs (the scalar level, or avx512 without VBMI/VNNI), prepare_decoding must
+return False and change nothing; the kernel tests then skip.
 """
 
 from __future__ import annotations
@@ -18,10 +20,22 @@ from ecomllm.quant import NF4Tensor
 
 TOL = 1e-5
 FEATURES = _core.cpu_features()
-KERNEL_HERE = (FEATURES["best_level"] == "avx512" and FEATURES["avx512_vbmi"] and FEATURES["avx512_vnni"]
-               and _core.simd_level() == "avx512")
-needs_kernel = pytest.mark.skipif(not KERNEL_HERE, reason="this CPU (or the active SIMD level) lacks AVX-512 VBMI/VNNI: "
-                                  "prepare_decoding returns False here (checked in test_unavailable_changes_nothing)")
+VBMI_HERE = FEATURES["best_level"] == "avx512" and FEATURES["avx512_vbmi"] and FEATURES["avx512_vnni"]
+KERNEL_HERE = (VBMI_HERE and _core.simd_level() == "avx512") or _core.simd_level() == "avx2"
+needs_kernel = pytest.mark.skipif(not KERNEL_HERE, reason="no decode kernel at this CPU's active SIMD level (avx512 "
+                                  "without VBMI/VNNI, or scalar): prepare_decoding returns False here (checked in "
+                                  "test_unavailable_changes_nothing)")
+needs_both_kernels = pytest.mark.skipif(not VBMI_HERE, reason="this CPU lacks AVX-512 VBMI/VNNI: only the AVX2 kernel "
+                                        "runs here, so the two cannot be compared")
+AVX2_HERE = FEATURES["best_level"] in ("avx2", "avx512")
+
+
+@pytest.fixture
+def level():
+    """Sets the SIMD level for the test (restored after)."""
+    original = _core.simd_level()
+    yield _core.set_simd_level
+    _core.set_simd_level(original)
 
 
 def _weight(n, k, blocksize=64, double_quant=True, seed=0, auto=False):
@@ -135,7 +149,7 @@ def test_state_dict_and_level_switch_are_unaffected():
         np.testing.assert_array_equal(before[key], after[key])
     original = _core.simd_level()
     try:
-        _core.set_simd_level("avx2")  # the copy stays, the kernel is not used below avx512
+        _core.set_simd_level("scalar")  # the copy stays, no decode kernel runs at this level
         np.testing.assert_array_equal(t.matmul(x), _weight(65, 128, seed=11).matmul(x))
     finally:
         _core.set_simd_level(original)
@@ -357,20 +371,81 @@ def test_released_codes_change_no_result_and_no_byte_of_the_state(n, k, bs, dq, 
 
 @needs_kernel
 def test_released_codes_survive_a_level_switch():
-    """Below avx512 the layout's kernel cannot run: products restore the codes, and asking for
-    the layout again there brings the codes back before dropping it (nothing is lost)."""
+    """At the scalar level no decode kernel runs: products restore the codes, and asking for the
+    layout again there brings the codes back before dropping it (nothing is lost)."""
     t = _weight(65, 256, seed=17)
     x = np.random.default_rng(9).standard_normal((1, 256)).astype(np.float32)
     plain = _weight(65, 256, seed=17)
     t.prepare_decoding(keep_codes=False)
     original = _core.simd_level()
     try:
-        _core.set_simd_level("avx2")
+        _core.set_simd_level("scalar")
         np.testing.assert_array_equal(t.matmul(x), plain.matmul(x))
         assert t.prepare_decoding(keep_codes=False) is False
         assert t.holds_codes and t.decoding_nbytes == 0
     finally:
         _core.set_simd_level(original)
+    np.testing.assert_array_equal(t.state_dict()["weight"], plain.state_dict()["weight"])
+
+
+@needs_both_kernels
+@pytest.mark.parametrize("m,n,k,bs,dq", CASES)
+def test_avx2_kernel_matches_the_reference_and_the_vbmi_kernel_bit_for_bit(m, n, k, bs, dq, level):
+    # Same q integers, same digit sums, same float steps: the same bits, whatever the byte order.
+    rng = np.random.default_rng(m * 11 + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = {}
+    for lvl in ("avx512", "avx2"):
+        level(lvl)
+        t = _weight(n, k, bs, dq, seed=n + k + 2)
+        default = t.matmul(x, bias=bias)
+        assert t.prepare_decoding(keep_codes=False) is True and not t.holds_codes
+        assert t.decoding_nbytes == _expected_nbytes(n, k)
+        out[lvl] = t.matmul(x, bias=bias)
+        ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T + bias
+        assert rel_err(out[lvl], ref) <= TOL
+        # the codes come back byte for byte, and with them the default kernel's result
+        assert t.prepare_decoding(False) is False and t.holds_codes
+        np.testing.assert_array_equal(t.matmul(x, bias=bias), default)
+    np.testing.assert_array_equal(out["avx2"], out["avx512"])
+
+
+@pytest.mark.skipif(not AVX2_HERE, reason="this CPU lacks AVX2")
+def test_avx2_kernel_takes_int16_activations_exactly_and_refuses_like_the_other(level):
+    level("avx2")
+    t = _weight(70, 256, seed=21)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T
+    exact = t.matmul(x)  # the default AVX2 kernel
+    assert t.prepare_decoding(keep_codes=False) is True
+    y = t.matmul(x)
+    assert rel_err(y, ref) <= TOL and not np.array_equal(y, exact)  # the table kernel ran
+    np.testing.assert_array_equal(t.matmul(x, activations="int16"), y)  # exact for int16 too
+    x[1, 5] = np.inf  # refused rows: the whole call goes to the kernels over restored codes
+    plain = _weight(70, 256, seed=21)
+    np.testing.assert_array_equal(t.matmul(x), plain.matmul(x))
+
+
+@needs_both_kernels
+def test_a_layout_from_another_level_is_rebuilt_for_this_one(level):
+    # Built for the VBMI kernel, then at avx2: products fall back to restored codes until
+    # prepare_decoding rebuilds the layout in the AVX2 order, the codes still released.
+    level("avx512")
+    t = _weight(130, 512, seed=23)
+    x = np.random.default_rng(10).standard_normal((1, 512)).astype(np.float32)
+    plain = _weight(130, 512, seed=23)
+    assert t.prepare_decoding(keep_codes=False) is True
+    vbmi = t.matmul(x)
+    level("avx2")
+    np.testing.assert_array_equal(t.matmul(x), plain.matmul(x))  # no kernel for this order here
+    assert t.prepare_decoding(keep_codes=False) is True
+    assert not t.holds_codes and t.decoding_nbytes == _expected_nbytes(130, 512)
+    np.testing.assert_array_equal(t.matmul(x), vbmi)  # the AVX2 kernel: the same bits
+    level("avx512")
+    assert t.prepare_decoding(keep_codes=True) is True and t.holds_codes  # rebuilt again, codes back
+    np.testing.assert_array_equal(t.matmul(x), vbmi)
     np.testing.assert_array_equal(t.state_dict()["weight"], plain.state_dict()["weight"])
 
 
