@@ -2,6 +2,8 @@
 // of its row kernel.
 #include "quant/nf4_decode_layout.h"
 
+#include <emmintrin.h>  // SSE2: baseline x86-64
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -99,14 +101,43 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kin
 void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
   const int64_t K = L.cols, segments = K / 64, row_bytes = K / 2;
   const uint8_t* data = L.data.as<uint8_t>();
+  if (L.kind == DecodeLayoutKind::kAvx2) {
+    // A chunk's octet is a 4 x 16 byte matrix (byte i of 16 rows' dwords, i < 4): two rounds of
+    // SSE2 unpacks transpose it into the 16 dwords, which go to their rows (a byte loop costs
+    // ~3x more, and products of many rows restore the codes at every call).
+    parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
+      alignas(16) uint32_t dwords[16];
+      for (int64_t g = g0; g < g1; ++g)
+        for (int64_t s = 0; s < segments; ++s)
+          for (int64_t r = 0; r < kDecodeRows / 16; ++r) {
+            const int64_t first = g * kDecodeRows + 16 * r, live = std::min<int64_t>(16, L.rows - first);
+            if (live <= 0) break;
+            for (int64_t o = 0; o < 8; ++o) {
+              const uint8_t* src = data + (g * segments + s) * kSegmentBytes + r * 512 + o * 64;
+              const __m128i a0 = _mm_load_si128(reinterpret_cast<const __m128i*>(src));
+              const __m128i a1 = _mm_load_si128(reinterpret_cast<const __m128i*>(src + 16));
+              const __m128i a2 = _mm_load_si128(reinterpret_cast<const __m128i*>(src + 32));
+              const __m128i a3 = _mm_load_si128(reinterpret_cast<const __m128i*>(src + 48));
+              const __m128i b01_lo = _mm_unpacklo_epi8(a0, a1), b01_hi = _mm_unpackhi_epi8(a0, a1);
+              const __m128i b23_lo = _mm_unpacklo_epi8(a2, a3), b23_hi = _mm_unpackhi_epi8(a2, a3);
+              _mm_store_si128(reinterpret_cast<__m128i*>(dwords), _mm_unpacklo_epi16(b01_lo, b23_lo));  // rows 0-3
+              _mm_store_si128(reinterpret_cast<__m128i*>(dwords + 4), _mm_unpackhi_epi16(b01_lo, b23_lo));
+              _mm_store_si128(reinterpret_cast<__m128i*>(dwords + 8), _mm_unpacklo_epi16(b01_hi, b23_hi));
+              _mm_store_si128(reinterpret_cast<__m128i*>(dwords + 12), _mm_unpackhi_epi16(b01_hi, b23_hi));
+              for (int64_t j = 0; j < live; ++j)
+                std::memcpy(packed + (first + j) * row_bytes + 4 * (8 * s + o), dwords + j, 4);
+            }
+          }
+    });
+    return;
+  }
   parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g)
       for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < L.rows; ++r) {
         uint8_t* dst = packed + (g * kDecodeRows + r) * row_bytes;
         for (int64_t s = 0; s < segments; ++s) {
           const uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
-          for (int64_t o = 0; o < 8; ++o)
-            restore_dword(L.kind, r, o, segment, dst + 4 * (8 * s + o));
+          for (int64_t o = 0; o < 8; ++o) restore_dword(L.kind, r, o, segment, dst + 4 * (8 * s + o));
         }
       }
   });
