@@ -76,7 +76,20 @@ py::list tensor_list(const std::vector<const TensorInfo*>& infos) {
 
 // A read-only array over the mapped bytes of `t`; `owner` (the Python file/checkpoint object)
 // stays alive as long as the array does.
-py::array tensor_view(const TensorInfo& t, const std::byte* p, const py::object& owner) {
+// numpy's own refusals of a shape the file allows (more than 64 dimensions, a size it cannot
+// index) as a ValueError that names the file and the tensor.
+template <typename Make>
+auto numpy_shape_checked(const std::string& file, const std::string& name, Make make) {
+  try {
+    return make();
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_ValueError)) throw;
+    throw ValueError(
+        detail::concat(file, ": tensor '", printable(name), "': numpy cannot hold its shape (", e.what(), ")"));
+  }
+}
+
+py::array tensor_view(const std::string& file, const TensorInfo& t, const std::byte* p, const py::object& owner) {
   const py::dtype dt = numpy_dtype(t.dtype);
   std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end()), strides(t.shape.size());
   py::ssize_t stride = dt.itemsize();
@@ -84,13 +97,14 @@ py::array tensor_view(const TensorInfo& t, const std::byte* p, const py::object&
     strides[i] = stride;
     stride *= shape[i];
   }
-  py::array arr(dt, shape, strides, p, owner);
+  py::array arr = numpy_shape_checked(file, t.name, [&] { return py::array(dt, shape, strides, p, owner); });
   arr.attr("setflags")(py::arg("write") = false);
   return arr;
 }
 
-py::array_t<float> read_f32_array(const TensorInfo& t, const std::function<void(float*)>& read) {
-  auto out = new_array<float>(t.shape);
+py::array_t<float> read_f32_array(const std::string& file, const TensorInfo& t,
+                                  const std::function<void(float*)>& read) {
+  auto out = numpy_shape_checked(file, t.name, [&] { return new_array<float>(t.shape); });
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
   read(dst);
@@ -151,12 +165,12 @@ void bind_io(py::module_& m) {
         const auto& f = self.cast<const SafetensorsFile&>();
         const TensorInfo* t = f.find(name);
         ECOM_CHECK_ARG(t != nullptr, f.path(), ": no tensor named '", name, "'");
-        return tensor_view(*t, f.data(*t), self);
+        return tensor_view(f.path(), *t, f.data(*t), self);
       }, py::arg("name"), "A read-only view of the tensor in the mapping (BF16 as ml_dtypes.bfloat16).")
       .def("read_f32", [](const SafetensorsFile& f, const std::string& name) {
         const TensorInfo* t = f.find(name);
         ECOM_CHECK_ARG(t != nullptr, f.path(), ": no tensor named '", name, "'");
-        return read_f32_array(*t, [&](float* out) { f.read_f32(name, out); });
+        return read_f32_array(f.path(), *t, [&](float* out) { f.read_f32(name, out); });
       }, py::arg("name"), "The tensor converted to float32 (F32/F16/BF16/F64 only).");
 
   py::class_<Checkpoint, std::shared_ptr<Checkpoint>>(
@@ -184,10 +198,10 @@ void bind_io(py::module_& m) {
       .def("__len__", [](const Checkpoint& c) { return c.names().size(); })
       .def("numpy", [](const py::object& self, const std::string& name) {
         const auto& c = self.cast<const Checkpoint&>();
-        return tensor_view(c.info(name), c.data(name), self);
+        return tensor_view(c.file_of(name).path(), c.info(name), c.data(name), self);
       }, py::arg("name"), "A read-only view of the tensor in its shard's mapping.")
       .def("read_f32", [](const Checkpoint& c, const std::string& name) {
-        return read_f32_array(c.info(name), [&](float* out) { c.read_f32(name, out); });
+        return read_f32_array(c.file_of(name).path(), c.info(name), [&](float* out) { c.read_f32(name, out); });
       }, py::arg("name"), "The tensor converted to float32 (F32/F16/BF16/F64 only).");
 
   m.def("save_safetensors", [](const py::object& path, const py::dict& tensors, std::optional<py::dict> metadata) {

@@ -462,6 +462,17 @@ def test_legal_corner_cases(tmp_path):
 
 
 
+@pytest.mark.parametrize("shape", [[1] * 65 + [0], [0, 2**62, 2**62]])
+def test_shapes_numpy_cannot_hold_name_the_file_and_tensor(tmp_path, shape):
+    # Legal in the format (no bytes), refused by numpy (over 64 dimensions; a size it cannot
+    # index): a ValueError naming the file and tensor, from the file and from a checkpoint.
+    p = _write(tmp_path / "odd.safetensors", {"w": _entry(shape=shape, offsets=(0, 0))})
+    for opened in (_core.SafetensorsFile.open(p), _core.Checkpoint.open(p)):
+        for read in (opened.numpy, opened.read_f32):
+            with pytest.raises(ValueError, match=r"odd\.safetensors: tensor 'w': numpy cannot hold its shape"):
+                read("w")
+
+
 def test_a_header_of_100k_tensors_keeps_order_and_refuses_repeats(tmp_path):
     # The header's keys were once collected by a parse callback whose parser rescanned the object
     # after each entry (O(n^2): this header of 100k empty tensors took minutes, ~0.4 s now).

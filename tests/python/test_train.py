@@ -464,6 +464,19 @@ def test_read_training_state_hostile_json_files(tmp_path):
         assert str(info.value).startswith(f"{ck / rel}: ") and words in str(info.value), str(info.value)
         put(rel, good[rel])
     assert ckpt.read_training_state(ck, m, opt, "lora") == {"step": 1}
+    # Tensors of other shapes than the model's: the core's check, with the file in front.
+    from ecomllm.safetensors import load_safetensors, save_safetensors
+    for rel in ("optimizer.safetensors", "adapter/adapter_model.safetensors"):
+        tensors = load_safetensors(ck / rel, mmap=False)
+        key = sorted(tensors)[0]
+        save_safetensors(tmp_path / "bad.safetensors", {**tensors, key: np.zeros((3, 5), np.float32)})
+        original = (ck / rel).read_bytes()
+        put(rel, (tmp_path / "bad.safetensors").read_bytes())
+        with pytest.raises(ValueError) as info:
+            ckpt.read_training_state(ck, m, opt, "lora")
+        assert str(info.value).startswith(f"{ck / rel}: "), str(info.value)
+        put(rel, original)
+    assert ckpt.read_training_state(ck, m, opt, "lora") == {"step": 1}
 
 
 def test_malformed_trainer_state_fields_are_value_errors(base, tmp_path):

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._errors import naming_file
 from ..safetensors import load_safetensors, save_safetensors
 
 __all__ = [
@@ -238,7 +239,8 @@ def _load_optimizer(dir: Path, optimizer) -> None:
         if kind not in ("exp_avg", "exp_avg_sq") or not name:
             raise ValueError(f"{dir / 'optimizer.safetensors'}: unexpected tensor {key!r}")
         state[kind][name] = np.ascontiguousarray(arr, dtype=np.float32)
-    optimizer.load_state_dict(state)
+    with naming_file(dir / "optimizer.safetensors"):  # moments of other names or shapes than the model's
+        optimizer.load_state_dict(state)
 
 
 _PEFT_PREFIX = "base_model.model."
@@ -256,9 +258,10 @@ def _load_adapter_weights(dir: Path, model) -> None:
         missing, extra = sorted(want - set(tensors)), sorted(set(tensors) - want)
         raise ValueError(f"{dir}: adapter modules differ from the model's adapter '{name}' "
                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    for m in modules:
-        model.set_lora_weights(m, tensors[f"{_PEFT_PREFIX}{m}.lora_A.weight"],
-                               tensors[f"{_PEFT_PREFIX}{m}.lora_B.weight"], adapter=name)
+    with naming_file(dir / "adapter_model.safetensors"):  # ranks or shapes other than the adapter's
+        for m in modules:
+            model.set_lora_weights(m, tensors[f"{_PEFT_PREFIX}{m}.lora_A.weight"],
+                                   tensors[f"{_PEFT_PREFIX}{m}.lora_B.weight"], adapter=name)
 
 
 def _load_model_weights(dir: Path, model) -> None:
@@ -268,7 +271,8 @@ def _load_model_weights(dir: Path, model) -> None:
     for name in model.weight_names():
         if name not in tensors:
             raise ValueError(f"{dir}: weight {name} is missing")
-        model.set_weight(name, tensors[name])
+        with naming_file(dir):  # a shape or dtype other than the model's
+            model.set_weight(name, tensors[name])
 
 
 def write_training_state(dir: Path, model, optimizer, state: dict, mode: str) -> None:
