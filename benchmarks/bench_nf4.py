@@ -876,7 +876,10 @@ class Bench:
         layout_ran = bool(g) and len(gd) == len(g)
         # what the default decoding policy runs: the decode layout where this CPU has it
         default = gd if layout_ran else g
-        res["gemv_layout"] = "decode layout (codes released)" if layout_ran else "bitsandbytes"
+        res["gemv_layout"] = "bitsandbytes"
+        if layout_ran:
+            from ecomllm import _core
+            res["gemv_layout"] = f"decode layout, {_core.decode_kernel()} kernel (codes released)"
 
         def combined_gbs(per_shape: dict, field: str):
             if not per_shape or not all(d.get(field) for d in per_shape.values()):
@@ -1002,7 +1005,8 @@ DEFINITIONS = {
                     "passes alternate with ours",
     "ours_vs_bnb_gemv": "gemv_gbs / bnb_gemv_gbs (> 1: ours faster); per shape: bnb ms / our ms",
     "gemv_layout": "which layout gemv_gbs ran on: the decode layout where the default decoding policy lays the "
-                   "codes out on this CPU (AVX-512 VBMI + VNNI, or the avx2 level), else bitsandbytes'",
+                   "codes out on this CPU (AVX-512 VBMI + VNNI, or the avx2 level), with the kernel that "
+                   "read it (ecomllm.cpu_info()['decode_kernel']), else bitsandbytes'",
     "gemv_streamed_gbs": "bytes per second the default path's kernel actually streams where it is the decode layout "
                          "(codes + fp32 block scales: decode_layout_bits_per_weight), where gemv_gbs counts the NF4 "
                          "state's bytes (nf4_held_bits_per_weight); gemv_streamed_vs_bandwidth: how close the stream "

@@ -9,6 +9,7 @@
 #include "base/parallel.h"
 #include "bindings/numpy_views.h"
 #include "quant/amx_tiles.h"
+#include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::bindings {
 namespace {
@@ -58,6 +59,12 @@ void bind_base(py::module_& m) {
         "The SIMD level kernels use now: 'scalar', 'avx2' or 'avx512'.");
   m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name)); }, py::arg("level"),
         "Force a SIMD level (ValueError if this CPU cannot run it). Also settable with ECOMLLM_CPU.");
+  m.def("decode_kernel", []() -> std::optional<std::string> {
+    quant::DecodeLayoutKind kind{};
+    if (!quant::nf4_decode_kind_here(&kind)) return std::nullopt;
+    return std::string(kind == quant::DecodeLayoutKind::kVbmi ? "avx512_vbmi" : "avx2");
+  }, "The product-table decode kernel NF4 decode layouts use at the active SIMD level: 'avx512_vbmi', "
+     "'avx2', or None (scalar level, or avx512 without VBMI/VNNI: no layout is built).");
   m.def("amx_supported", &quant::amx_supported,
         "True where this CPU and OS can run the AMX-BF16 tile kernels (and Linux granted the tile permission).");
   m.def("amx_active", &quant::amx_usable,

@@ -28,10 +28,12 @@ __version__ = "0.1.0"
 
 
 def cpu_info() -> dict:
-    """CPU features seen by the core, the active SIMD level, whether the AMX tile path is on, and
-    the thread count."""
+    """CPU features seen by the core, the active SIMD level, whether the AMX tile path is on, the
+    product-table kernel NF4 decode layouts use (``decode_kernel``: ``"avx512_vbmi"``, ``"avx2"``
+    or None; see :meth:`ecomllm.quant.NF4Tensor.prepare_decoding`), and the thread count."""
     info = dict(_core.cpu_features())
     info["simd_level"] = _core.simd_level()
+    info["decode_kernel"] = _core.decode_kernel()
     info["amx"] = _core.amx_active()
     info["threads"] = _core.max_threads()
     return info

@@ -177,6 +177,16 @@ def test_cpu_info():
         assert info["avx2"] and info["fma"] and info["os_avx"]
     order = ["scalar", "avx2", "avx512"]
     assert order.index(info["simd_level"]) <= order.index(info["best_level"])
+    # The decode kernel follows the level: VBMI + VNNI at avx512, AVX2 at avx2, none at scalar.
+    original = info["simd_level"]
+    try:
+        for level in order[:order.index(info["best_level"]) + 1]:
+            ecomllm.set_simd_level(level)
+            want = {"scalar": None, "avx2": "avx2",
+                    "avx512": "avx512_vbmi" if info["avx512_vbmi"] and info["avx512_vnni"] else None}[level]
+            assert ecomllm.cpu_info()["decode_kernel"] == want, level
+    finally:
+        ecomllm.set_simd_level(original)
 
 
 def test_fma_peak_probe_measures_and_rejects_bad_arguments():
