@@ -4,7 +4,7 @@
 // (64-entry vpermb tables, digit sums by vpdpbusd), and AVX2 (16-entry vpshufb tables per 128-bit
 // lane, digit sums in 16-bit lanes). Its owner keeps it as a second copy of the codes or,
 // releasing bitsandbytes' packed codes, as the only one (nf4_restore_packed gives them back).
-// The AVX-512 forward GEMM also reads its W panels from the VBMI kind (nf4_decode_panel).
+// The forward GEMM also reads its W panels from it (nf4_decode_panel, nf4_decode_panel_avx2).
 //
 // Why a layout of its own: a table kernel looks products up a register at a time with one table
 // per 64 bytes (VBMI) or per 16 bytes (AVX2), so a load must hold the same few columns of many
@@ -128,5 +128,10 @@ void nf4_decode_rows_avx2(const NF4DecodeLayout& L, const uint8_t* tables, const
 // the work of decoding bitsandbytes' rows and packing them.
 constexpr int64_t kDecodePanelRows = 32;
 void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel);
+// The AVX2 forward GEMM's W panel (16 rows) from a kAvx2 layout, as above with n0 % 16 == 0: a
+// 128-bit lane holds a column pair of the chunk's 16 rows, so each nibble column is a panel row.
+constexpr int64_t kAvx2DecodePanelRows = 16;
+void nf4_decode_panel_avx2(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc,
+                           float* panel);
 
 }  // namespace ecomllm::quant

@@ -198,4 +198,36 @@ void nf4_decode_rows_avx2(const NF4DecodeLayout& L, const uint8_t* tables, const
   }
 }
 
+void nf4_decode_panel_avx2(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc,
+                           float* panel) {
+  const int64_t segments = L.cols / 64, g = n0 / kDecodeRows, r = (n0 % kDecodeRows) / 16;
+  const __m256 code_lo = _mm256_loadu_ps(code), code_hi = _mm256_loadu_ps(code + 8);
+  const __m256i seven = _mm256_set1_epi32(7);
+  const __m128i low_nibble = _mm_set1_epi8(0x0f);
+  // Scale slot of row j is 4 (j % 2) + j / 2 within each half of 8 (avx2_scale_slot): back to row order.
+  const __m256i to_rows = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
+  for (int64_t k = 0; k < kc; k += 64) {
+    const uint8_t* segment = group + (k0 + k) / 64 * kSegmentBytes;
+    const float* slots = reinterpret_cast<const float*>(segment + kSegmentCodeBytes) + 16 * r;
+    const __m256 scales[2] = {_mm256_permutevar8x32_ps(_mm256_load_ps(slots), to_rows),
+                              _mm256_permutevar8x32_ps(_mm256_load_ps(slots + 8), to_rows)};
+    const uint8_t* chunk = segment + r * kChunkBytes;
+    for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo)
+      for (int64_t i = 0; i < 4; ++i) {  // column pair i of the octet: columns 8 oo + 2 i (high nibbles), + 1
+        const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(chunk + oo * 64 + 16 * i));
+        const __m128i nibbles[2] = {_mm_and_si128(_mm_srli_epi16(b, 4), low_nibble), _mm_and_si128(b, low_nibble)};
+        for (int h = 0; h < 2; ++h)
+          for (int half = 0; half < 2; ++half) {  // rows 0-7, 8-15
+            const __m256i c = _mm256_cvtepu8_epi32(half ? _mm_srli_si128(nibbles[h], 8) : nibbles[h]);
+            const __m256 v =
+                _mm256_blendv_ps(_mm256_permutevar8x32_ps(code_lo, c), _mm256_permutevar8x32_ps(code_hi, c),
+                                 _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven)));
+            _mm256_store_ps(panel + (k + 8 * oo + 2 * i + h) * kAvx2DecodePanelRows + 8 * half,
+                            _mm256_mul_ps(v, scales[half]));
+          }
+      }
+  }
+}
+
 }  // namespace ecomllm::quant

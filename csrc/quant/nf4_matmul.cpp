@@ -359,11 +359,24 @@ void gemm_t_amx(const float* dy, int64_t M, int64_t N, int64_t K, const Source& 
 
 // Where the FMA GEMM's packed W panels come from: the source's row-major tiles packed by
 // kern.pack_panel, or (PanelSource) panels the source writes itself.
-struct DecodeLayoutPanels {  // the decode layout (AVX-512, NR == kDecodePanelRows)
+struct DecodeLayoutPanels {  // the decode layout: kVbmi for AVX-512 (NR == kDecodePanelRows), kAvx2 for AVX2 (16)
   const NF4DecodeLayout& L;
   const float* code;
-  void panel(int64_t n0, int64_t k0, int64_t kc, float* out) const { nf4_decode_panel(L, code, n0, k0, kc, out); }
+  void panel(int64_t n0, int64_t k0, int64_t kc, float* out) const {
+    if (L.kind == DecodeLayoutKind::kVbmi)
+      nf4_decode_panel(L, code, n0, k0, kc, out);
+    else
+      nf4_decode_panel_avx2(L, code, n0, k0, kc, out);
+  }
 };
+// Whether the FMA GEMM at this level takes its W panels from `decode`: its kind's kernel runs
+// here and the micro-tile has the rows its panels give.
+bool decode_layout_panels_fit(const NF4Kernels& kern, const NF4DecodeLayout& decode) {
+  if (!nf4_decode_kernel_available(decode.kind)) return false;
+  if (decode.kind == DecodeLayoutKind::kVbmi)
+    return kern.level == SimdLevel::AVX512 && kern.gemm_nr == kDecodePanelRows;
+  return kern.level == SimdLevel::AVX2 && kern.gemm_nr == kAvx2DecodePanelRows;
+}
 template <typename Source>
 concept PanelSource = requires(const Source& s, float* p) { s.panel(int64_t{0}, int64_t{0}, int64_t{0}, p); };
 
@@ -565,9 +578,7 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
     return;
   }
   const NF4Kernels& kern = nf4_kernels();
-  if (M > kGemvMaxRows && decode && kern.level == SimdLevel::AVX512 && kern.gemm_nr == kDecodePanelRows &&
-      decode->kind == DecodeLayoutKind::kVbmi && nf4_decode_kernel_available(DecodeLayoutKind::kVbmi) &&
-      !(M >= kAmxMinRows && amx_usable())) {
+  if (M > kGemvMaxRows && decode && decode_layout_panels_fit(kern, *decode) && !(M >= kAmxMinRows && amx_usable())) {
     gemm_tiled(kern, x, M, W.rows, W.cols, DecodeLayoutPanels{*decode, W.code}, bias, y, extra);
     return;
   }

@@ -184,8 +184,8 @@ class Model:
         Gives every NF4 projection and the NF4 ``lm_head`` a decode layout of its codes for the
         product-table kernel (see :meth:`ecomllm.quant.NF4Tensor.prepare_decoding`): forward
         passes of up to 16 tokens then stream the weights faster (AVX-512 VBMI + VNNI, or AVX2),
-        with the same results to ~1e-6, and with AVX-512 longer prefills decode their weight
-        panels from the layout (same bits, faster). The layouts take ~4.5 bits per NF4
+        with the same results to ~1e-6, and longer prefills decode their weight panels from
+        the layout (same bits, faster; on AMX tiles they restore the codes). The layouts take ~4.5 bits per NF4
         weight (:attr:`decoding_nbytes`). ``keep_codes=True`` keeps bitsandbytes' packed codes
         as well; ``keep_codes=False`` releases them, for ~4.6 bits per weight held in all
         instead of ~8.6: the serving setting. Backward passes, merges and saving then restore

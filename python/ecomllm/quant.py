@@ -300,9 +300,8 @@ class NF4Tensor:
         from the layout (bit-identical to bitsandbytes' layout, and faster); the paths that read
         bitsandbytes' layout (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16
         activations on rows the tables refuse, matmuls on AMX tiles, 1-3 rows the table kernel
-        refuses, matmuls of more than 16 rows below the ``avx512`` level) restore a transient
-        copy of the codes per call (~1-2 ms per 4096 x 4096 weight), so it suits serving more
-        than training. Calling again with
+        refuses) restore a transient copy of the codes per call (~1-2 ms per 4096 x 4096
+        weight), so it suits serving more than training. Calling again with
         ``keep_codes=True`` brings the codes back.
 
         Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a decode

@@ -437,10 +437,14 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
 // restored codes, 5 rows through the layout's kernel either way. Without codes or a layout,
 // ValueError.
 TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
-  for (const auto kind : {DecodeLayoutKind::kVbmi, DecodeLayoutKind::kAvx2})
+  struct KindAt { DecodeLayoutKind kind; SimdLevel level; };
+  for (const KindAt k : {KindAt{DecodeLayoutKind::kVbmi, SimdLevel::AVX512}, KindAt{DecodeLayoutKind::kAvx2,
+                                                                                   SimdLevel::AVX2}})
   for (const int64_t N : {1, 65, 130}) {
+    if (cpu_features().best_level() < k.level) continue;
+    set_simd_level(k.level);  // the level whose kernels read this kind (GEMM panels, the table kernel)
     const Weight w = make_weight(N, 192, 64, true, 71);
-    const NF4DecodeLayout L = nf4_build_decode_layout(w.m, kind);
+    const NF4DecodeLayout L = nf4_build_decode_layout(w.m, k.kind);
     std::vector<uint8_t> restored(static_cast<size_t>(N * 192 / 2), 0xAA);
     nf4_restore_packed(L, restored.data());
     EXPECT_EQ(0, std::memcmp(restored.data(), w.m.packed, restored.size())) << "N=" << N;
@@ -462,6 +466,7 @@ TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
     EXPECT_THROW(nf4_matmul(x.data(), M, released, nullptr, y.data()), ValueError);
     EXPECT_THROW(nf4_matmul_t(dy.data(), M, released, dx.data()), ValueError);
   }
+  set_simd_level(cpu_features().best_level());
 }
 
 // The dense-weight entry points share the NF4 drivers: fp32 tiles read in place (edge tiles copied
