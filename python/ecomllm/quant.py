@@ -263,7 +263,7 @@ class NF4Tensor:
         weight so laid out, ``activations="int16"`` reads the layout too: with AVX-512, its
         product tables with 16-bit products instead of 24-bit ones (~6e-5, as the int16 kernel;
         4 lookups per 64 bytes instead of 6, ~1.3x the exact layout's speed where compute binds);
-        with AVX2, the exact product (its 16-bit variant would save little).
+        with AVX2, the exact product (that kernel has no 16-bit variant).
         """
         self._require_2d()
         if activations not in ("fp32", "int16"):
@@ -306,8 +306,8 @@ class NF4Tensor:
 
         Needs a 2-D weight with ``in_features`` and the blocksize multiples of 64, and a decode
         kernel at the active SIMD level: AVX-512 VBMI and VNNI at ``avx512``, or ``avx2`` (none
-        at ``scalar``, nor at ``avx512`` without VBMI/VNNI, where the default AVX-512 kernel is
-        the faster). The layout's byte order is the kernel's: called again after
+        at ``scalar``, nor at ``avx512`` without VBMI/VNNI, where the default AVX-512 kernel
+        should be the faster). The layout's byte order is the kernel's: called again after
         :func:`ecomllm.set_simd_level` moved to the other kernel, it rebuilds the layout.
         Returns whether the layout is in use (False, nothing allocated and nothing released,
         where those are missing);
