@@ -33,11 +33,13 @@ constexpr int64_t kGroupedGemvMaxRows = 8;
 // 4096: 10.3 against 17.5); 12 distinct 4096 x 4096 matrices streamed, 3.4 ms per matrix at 16
 // rows against 5.3 for the GEMM on panels from the layout, even at 24 rows.
 constexpr int64_t kDecodeMaxRows = 16;
-// The AVX2 table kernel (DecodeLayoutKind::kAvx2) against the AVX2 GEMM, 12 distinct 4096 x 4096
-// matrices streamed on Zen 4 at the avx2 level (ms per matrix): 3.2 vs 4.5 at 8 rows, 5.1 vs 4.4
-// at 12, 6.8 vs 5.7 at 16; with the codes released the GEMM first restores them (~1.8 ms), so the
-// table kernel is as fast or faster up to 16 there. One threshold for both, so that releasing the
+// The AVX2 table kernel (DecodeLayoutKind::kAvx2) makes one pass per row at ~64 instructions per
+// 128 weights, while the AVX2 GEMM decodes its panels from the same layout once for all rows: 12
+// distinct 4096 x 4096 matrices at the avx2 level on Zen 4 (ms per matrix, table kernel / GEMM):
+// 2.64 / 2.75 at 4 rows, 3.32 / 2.67 at 5, 5.09 / 3.66 at 8, 10.3 / 4.6 at 16. With the codes
+// held the GEMM reads bitsandbytes' layout from 5 rows on as well (same bits), so releasing the
 // codes changes no result.
+constexpr int64_t kAvx2DecodeMaxRows = 4;
 constexpr int64_t kForwardKC = 2048;  // K chunk of a forward W tile: NR x 2048 fp32 stays in L2
 // W tiles decoded together (4 x NR x 2048 fp32: 512 KiB at most with AVX2's NR = 16, 1 MiB with
 // AVX-512's 32, in L2). Measured on Zen 3, M = 128 and 1024: 2-5% faster than one tile at a time;
@@ -573,7 +575,9 @@ void nf4_matmul(const float* x, int64_t M, const NF4Matrix& W, const float* bias
   // A few rows: one pass over W per row (the decode layout's kernel where it runs, else the
   // fused GEMV), then the low-rank term; otherwise the tiled GEMM, which fuses the term itself
   // (with W panels from the decode layout where there is one: no restored codes needed).
-  if (M <= kDecodeMaxRows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
+  const int64_t decode_max_rows =
+      decode && decode->kind == DecodeLayoutKind::kAvx2 ? kAvx2DecodeMaxRows : kDecodeMaxRows;
+  if (M <= decode_max_rows && decode && nf4_decode_matmul(*decode, W.code, x, M, bias, y)) {
     add_extra_rows();
     return;
   }

@@ -282,8 +282,8 @@ class NF4Tensor:
     def prepare_decoding(self, enabled: bool = True, *, keep_codes: bool = True) -> bool:
         """Lay the codes out for fast exact token-by-token decoding.
 
-        With the decode layout, :meth:`matmul` with up to 16 rows of x runs a product-table
-        kernel: x becomes tables of ``code[c] * x[k]`` as 24-bit integers (exact to ~1e-6 of the
+        With the decode layout, :meth:`matmul` with up to 16 rows of x (4 with AVX2, whose GEMM
+        is faster beyond) runs a product-table kernel: x becomes tables of ``code[c] * x[k]`` as 24-bit integers (exact to ~1e-6 of the
         fp32 kernel). With AVX-512 VBMI + VNNI each 64 bytes of codes cost 6 byte lookups and 6
         integer dot products; on Zen 4 it streams the weights at 1.06-1.3x bitsandbytes' bf16
         kernel and 0.7-0.96 of the machine's read bandwidth, about 1.5x the kernel over
