@@ -1,5 +1,6 @@
 // The product-table M = 1 kernel over an AVX2 decode layout (DecodeLayoutKind::kAvx2,
-// nf4_decode_layout.h): the per-call tables of x and the walk. Built with AVX2; called only where
+// nf4_decode_layout.h): the per-call tables of x and the walk; and the AVX2 GEMM's W panels decoded
+// from the same layout. Built with AVX2; called only where
 // nf4_decode_kernel_available(DecodeLayoutKind::kAvx2).
 //
 // AVX2 has no 64-entry byte permute and no byte dot product, so the design differs from the VBMI
@@ -8,8 +9,8 @@
 // products are summed down the lanes instead of across a dword.
 //
 // Products are u = q + 2^23 in [0, 2^24) (q as in the VBMI kernel: the same integers), looked up as
-// four unsigned 6-bit digits. Per 32-byte half of a 64-byte chunk (16 rows x 4 column pairs), per
-// digit: 4 lookups (high and low nibbles of both halves) summed with vpaddb, <= 4 x 63 = 252, then
+// four unsigned 6-bit digits. Per 64-byte chunk (16 rows x 4 column pairs, in two 32-byte halves),
+// per digit: 4 lookups (high and low nibbles of both halves) summed with vpaddb, <= 4 x 63 = 252, then
 // added into 16-bit lanes: acc_w += s as words (the even row's byte plus 256 x the odd row's, mod
 // 2^16) and acc_h += s >> 8 (the odd row's). Over a 64-column segment acc_h <= 8 x 252, so the even
 // rows' sums come back exactly as acc_w - 256 acc_h (mod 2^16). Per 128 weights: 2 loads, 6 index
