@@ -120,7 +120,7 @@ class PyNF4Matrix {
   // enabled=false drops the layout (restoring released codes first).
   bool prepare_decoding(bool enabled, bool keep_codes) {
     quant::DecodeLayoutKind kind{};
-    const bool keep_layout = enabled && quant::nf4_decode_layout_supported(m_) && quant::nf4_decode_kind_here(&kind);
+    const bool keep_layout = enabled && quant::nf4_decode_layout_useful(m_, &kind);
     // A layout built for another SIMD level (set_simd_level) is rebuilt for this one.
     const bool stale = keep_layout && decode_ && decode_->kind != kind;
     if (!holds_codes() && (!keep_layout || keep_codes || stale)) {

@@ -36,19 +36,12 @@ int64_t code_offset(DecodeLayoutKind kind, int64_t j, int64_t o, int64_t i) {
   if (kind == DecodeLayoutKind::kVbmi) return o * 256 + (j / 16) * 64 + (j % 16) * 4 + i;
   return (j / 16) * 512 + o * 64 + i * 16 + j % 16;
 }
-// Copies a row's dword for octet o between bitsandbytes' layout and a segment, either way.
+// Copies a row's dword for octet o from bitsandbytes' layout into a segment.
 void copy_dword(DecodeLayoutKind kind, int64_t j, int64_t o, const uint8_t* from_row, uint8_t* segment) {
   if (kind == DecodeLayoutKind::kVbmi) {
     std::memcpy(segment + code_offset(kind, j, o, 0), from_row, 4);  // contiguous
   } else {
     for (int64_t i = 0; i < 4; ++i) segment[code_offset(kind, j, o, i)] = from_row[i];
-  }
-}
-void restore_dword(DecodeLayoutKind kind, int64_t j, int64_t o, const uint8_t* segment, uint8_t* to_row) {
-  if (kind == DecodeLayoutKind::kVbmi) {
-    std::memcpy(to_row, segment + code_offset(kind, j, o, 0), 4);
-  } else {
-    for (int64_t i = 0; i < 4; ++i) to_row[i] = segment[code_offset(kind, j, o, i)];
   }
 }
 int64_t scale_offset(DecodeLayoutKind kind, int64_t j) {
@@ -137,7 +130,8 @@ void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
         uint8_t* dst = packed + (g * kDecodeRows + r) * row_bytes;
         for (int64_t s = 0; s < segments; ++s) {
           const uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
-          for (int64_t o = 0; o < 8; ++o) restore_dword(L.kind, r, o, segment, dst + 4 * (8 * s + o));
+          for (int64_t o = 0; o < 8; ++o)  // kVbmi: the row's dword is contiguous
+            std::memcpy(dst + 4 * (8 * s + o), segment + code_offset(L.kind, r, o, 0), 4);
         }
       }
   });

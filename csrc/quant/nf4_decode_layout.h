@@ -78,10 +78,12 @@ bool nf4_decode_kernel_available(DecodeLayoutKind kind);
 // at the AVX-512 level without VBMI/VNNI, where the default AVX-512 kernel should be the faster
 // (~25 512-bit ops per 128 weights against ~64 256-bit instructions for the AVX2 one; not measured).
 bool nf4_decode_kind_here(DecodeLayoutKind* kind);
-// Whether a decode layout of W would be used here.
-inline bool nf4_decode_layout_useful(const NF4Matrix& W) {
-  DecodeLayoutKind kind;
-  return nf4_decode_layout_supported(W) && nf4_decode_kind_here(&kind);
+// Whether a decode layout of W would be used here; if so, *kind (when given) is the one to build.
+inline bool nf4_decode_layout_useful(const NF4Matrix& W, DecodeLayoutKind* kind = nullptr) {
+  DecodeLayoutKind here;
+  if (!nf4_decode_layout_supported(W) || !nf4_decode_kind_here(&here)) return false;
+  if (kind) *kind = here;
+  return true;
 }
 
 // The repacked copy of W for `kind` (multi-threaded). ValueError unless nf4_decode_layout_supported(W).

@@ -44,6 +44,12 @@ constexpr int64_t kPrefetchBytes = 16384;
 // nibbles of the first 32-byte half (column pairs 0 | 1), then of the second (pairs 2 | 3).
 constexpr int64_t table_lane_offset(int64_t jj) { return ((jj / 4) * 2 + jj % 2) * 32 + ((jj % 4) / 2) * 16; }
 
+float max_of_lanes(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  return *std::max_element(lanes, lanes + 8);
+}
+
 }  // namespace
 
 bool nf4_product_tables_usable_avx2(const float* x, int64_t K) {
@@ -57,9 +63,7 @@ bool nf4_product_tables_usable_avx2(const float* x, int64_t K) {
       if (_mm256_movemask_ps(_mm256_cmp_ps(a, finite_max, _CMP_LE_OQ)) != 0xFF) return false;  // inf or NaN
       amax = _mm256_max_ps(amax, a);
     }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, amax);
-    const float xmax = *std::max_element(lanes, lanes + 8);
+    const float xmax = max_of_lanes(amax);
     if (xmax != 0.0f && xmax < kMinSegmentMax) return false;
   }
   return true;
@@ -90,9 +94,7 @@ void nf4_build_product_tables_avx2(const float* code, const float* x, int64_t K,
     const float* xs = x + 64 * s;
     __m256 amax = _mm256_setzero_ps();
     for (int i = 0; i < 8; ++i) amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(xs + 8 * i), abs_mask));
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, amax);
-    const float xmax = *std::max_element(lanes, lanes + 8);
+    const float xmax = max_of_lanes(amax);
     xscale[s] = xmax / kQMax;  // as the VBMI tables: the same q, the same scale
     const float to_q = xmax == 0.0f ? 0.0f : static_cast<float>(static_cast<double>(kQMax) / xmax);
     for (int64_t j = 0; j < 64; ++j) {

@@ -151,7 +151,7 @@ const uint8_t* NF4Weight::packed_codes(AlignedBuffer& storage) const {
 
 bool NF4Weight::prepare_decoding(bool enabled, bool keep_codes) {
   DecodeLayoutKind kind{};
-  const bool keep_layout = enabled && nf4_decode_layout_supported(m_) && nf4_decode_kind_here(&kind);
+  const bool keep_layout = enabled && nf4_decode_layout_useful(m_, &kind);
   const bool stale = keep_layout && decode_ && decode_->kind != kind;  // built for another SIMD level
   if (!holds_codes() && (!keep_layout || keep_codes || stale)) {  // the codes come back before the layout may go
     packed_ = AlignedBuffer::with_huge_pages(static_cast<size_t>(nf4_packed_bytes(m_.numel())), false);
