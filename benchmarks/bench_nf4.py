@@ -38,7 +38,9 @@ What is measured (benchmarks/README.md describes every field):
   bitsandbytes passes alternate with ours, pass by pass, so that drift in the machine (other
   tenants, vCPU placement) hits both sides alike.
 * gemm_* -- ecomllm's NF4 GEMM at M=128 against numpy (OpenBLAS) and torch fp32 matmuls on the
-  dequantized weight (median).
+  dequantized weight (median). Where set_float32_matmul_precision("medium") changes the products
+  (AMX, or AVX512-BF16: cpu_info()["bf16_products"]) also the forward and backward (matmul_t) at
+  "medium" against torch's bf16 matmuls (gemm_medium_*, gemm_t_*).
 * quantize_* -- quantization throughput of NF4Tensor.quantize and bitsandbytes quantize_4bit.
 
 The distinct matrices are copies of one quantized matrix per shape whose byte arrays are rotated
@@ -78,6 +80,7 @@ ROLL_STEP = 4099          # bytes; copy i is rotated by i * ROLL_STEP (odd: neve
 
 # Relative max error (vs x @ dequantized_weight.T) above which a kernel's output is called wrong.
 TOL_FP32 = 1e-3
+TOL_BF16_OUT = 1e-2  # torch's bf16 matmuls round their output to bf16
 TOL_INT16 = 1e-3          # int16 activations: ~1e-4 expected (tests hold it to 5e-4)
 TOL_BF16 = 5e-2           # bf16 activations / scales (bitsandbytes' fused CPU path)
 
@@ -349,6 +352,8 @@ class Bench:
         import ecomllm
         from ecomllm import NF4Tensor, _core
         self.np, self.torch, self.ecomllm, self.NF4Tensor, self._core = np, torch, ecomllm, NF4Tensor, _core
+        # "medium" runs other products than "highest" where AMX or bf16 pairs take them
+        self.medium_runs = bool(_core.amx_active() or _core.bf16_products_available())
         self.cfg = cfg
         self.threads = threads
         torch.set_num_threads(threads)
@@ -531,11 +536,46 @@ class Bench:
         }
         if has_released:
             cands["ours_nf4_released_codes"] = lambda: released.matmul(X)
+        # The "medium" precision (bf16 operands, fp32 sums) where it runs other products than fp32's:
+        # forward and backward (matmul_t) against torch's bf16 matmuls of the dequantized weight, and
+        # our fp32 backward; checked against fp64 products of the bf16-rounded operands.
+        refs = {name: ref for name in cands}
+        if self.medium_runs:
+            ecomllm = self.ecomllm
+            DY = self.rng.standard_normal((M, N), dtype=np.float32)
+            tXb, tWb, tDYb = tX.bfloat16(), tW.bfloat16(), torch.from_numpy(DY).bfloat16()
+            ref_b = (tXb.double() @ tWb.double().t()).numpy()
+            ref_t, ref_tb = DY @ wdeq, (tDYb.double() @ tWb.double()).numpy()
+
+            def medium(fn):
+                def run():
+                    ecomllm.set_float32_matmul_precision("medium")
+                    try:
+                        return fn()
+                    finally:
+                        ecomllm.set_float32_matmul_precision("highest")
+                return run
+
+            def t_bf16():
+                with torch.no_grad():
+                    return torch.nn.functional.linear(tXb, tWb)
+
+            def t_bf16_t():
+                with torch.no_grad():
+                    return tDYb @ tWb
+
+            extra = {"ours_nf4_medium": (medium(lambda: base.matmul(X)), ref_b),
+                     "torch_bf16_linear": (t_bf16, ref_b),
+                     "ours_nf4_t": (lambda: base.matmul_t(DY), ref_t),
+                     "ours_nf4_t_medium": (medium(lambda: base.matmul_t(DY)), ref_tb),
+                     "torch_bf16_dy@W": (t_bf16_t, ref_tb)}
+            for name, (fn, r) in extra.items():
+                cands[name], refs[name] = fn, r
         for name, fn in cands.items():
             y = fn()
-            e = rel_err(y.numpy() if hasattr(y, "numpy") else y, ref)
+            e = rel_err(y.float().numpy() if hasattr(y, "numpy") else y, refs[name])
             out[f"{name}_max_rel_err"] = e
-            if not e <= TOL_FP32:
+            if not e <= (TOL_BF16_OUT if name.startswith("torch_bf16") else TOL_FP32):
                 raise RuntimeError(f"{name}: relative max error {e:.3g} > {TOL_FP32}")
         # candidates take turns in blocks, so that drift in the machine hits all alike; they use three
         # different thread pools (ours: libgomp, numpy: OpenBLAS, torch: its own libgomp), hence the gap
@@ -556,6 +596,9 @@ class Bench:
                              else "x @ WT (WT = ascontiguousarray(W.T), [K,N] row-major)"),
             "torch_op": "F.linear(x, W)" if t_lin <= t_mm else "x @ W.t()",
         })
+        if self.medium_runs:
+            for name in ("ours_nf4_medium", "torch_bf16_linear", "ours_nf4_t", "ours_nf4_t_medium", "torch_bf16_dy@W"):
+                out[f"{name}_s"] = t[name]
         if has_released:
             out["released_codes_s"] = t["ours_nf4_released_codes"]
             out["rows_sweep_ms"] = self.rows_sweep(key, base, released)
@@ -940,6 +983,17 @@ class Bench:
             res[f"torch_fp32_gflops_m{GEMM_M}"] = fl / sum(d["torch_s"] for d in m.values()) / 1e9
             res["gemm_vs_fp32_blas"] = res[f"gemm_gflops_m{GEMM_M}"] / res[f"numpy_fp32_gflops_m{GEMM_M}"]
             res["gemm_vs_torch_fp32"] = res[f"gemm_gflops_m{GEMM_M}"] / res[f"torch_fp32_gflops_m{GEMM_M}"]
+            if all("ours_nf4_medium_s" in d for d in m.values()):
+                for field, name in (("gemm_medium", "ours_nf4_medium"), ("torch_bf16", "torch_bf16_linear"),
+                                    ("gemm_t", "ours_nf4_t"), ("gemm_t_medium", "ours_nf4_t_medium"),
+                                    ("torch_bf16_t", "torch_bf16_dy@W")):
+                    res[f"{field}_gflops_m{GEMM_M}"] = fl / sum(d[f"{name}_s"] for d in m.values()) / 1e9
+                def gflops(field):
+                    return res[f"{field}_gflops_m{GEMM_M}"]
+                res["gemm_medium_vs_fp32"] = gflops("gemm_medium") / res[f"gemm_gflops_m{GEMM_M}"]
+                res["gemm_medium_vs_torch_bf16"] = gflops("gemm_medium") / gflops("torch_bf16")
+                res["gemm_t_medium_vs_fp32"] = gflops("gemm_t_medium") / gflops("gemm_t")
+                res["gemm_t_medium_vs_torch_bf16"] = gflops("gemm_t_medium") / gflops("torch_bf16_t")
             if all("released_codes_s" in d for d in m.values()):
                 res[f"gemm_m{GEMM_M}_codes_released_vs_held"] = sum(d["ours_s"] for d in m.values()) / \
                     sum(d["released_codes_s"] for d in m.values())
@@ -1000,6 +1054,12 @@ DEFINITIONS = {
     "gemm_fraction_of_peak": "gemm_gflops_m128 / machine_peak_gflops (numpy_fp32_fraction_of_peak likewise)",
     "gemm_gflops_m128": "2*M*N*K summed over gemm_shapes / sum of the median times; numpy and torch the same way",
     "gemm_vs_fp32_blas": "gemm_gflops_m128 / numpy_fp32_gflops_m128 (numpy: faster of x @ W.T and x @ WT contiguous)",
+    "gemm_medium_gflops_m128": "our NF4 forward at M=128 with set_float32_matmul_precision('medium') (bf16 operands, "
+                               "fp32 sums: AMX tiles, or VDPBF16PS pairs on AVX512-BF16), where it runs other "
+                               "products than fp32's; torch_bf16_gflops_m128: F.linear on bf16 x and the dequantized "
+                               "weight in bf16 (the same rounded operands; output rounded to bf16); gemm_t_*: the "
+                               "backward dx = dy @ W (NF4Tensor.matmul_t, fp32 and medium) against torch's bf16 "
+                               "dy @ W; *_vs_*: ratios of those GFLOP/s (no target: another precision)",
     "bnb_gemv_gbs": "best bitsandbytes path that ran on every shape, combined like gemv_gbs and counted in the same "
                     "NF4-equivalent bytes (our t.nbytes per shape), so ours_vs_bnb_gemv is a speed ratio; its "
                     "passes alternate with ours",
@@ -1049,6 +1109,9 @@ def build_output(b, args, threads: int, cfg: Config, env_info: dict) -> dict:
         f"gemm_gflops_m{GEMM_M}", f"numpy_fp32_gflops_m{GEMM_M}", f"torch_fp32_gflops_m{GEMM_M}",
         "gemm_vs_fp32_blas", "gemm_vs_torch_fp32", "machine_peak_gflops", "gemm_fraction_of_peak",
         "numpy_fp32_fraction_of_peak",
+        f"gemm_medium_gflops_m{GEMM_M}", f"torch_bf16_gflops_m{GEMM_M}", "gemm_medium_vs_fp32",
+        "gemm_medium_vs_torch_bf16", f"gemm_t_gflops_m{GEMM_M}", f"gemm_t_medium_gflops_m{GEMM_M}",
+        f"torch_bf16_t_gflops_m{GEMM_M}", "gemm_t_medium_vs_fp32", "gemm_t_medium_vs_torch_bf16",
         "bnb_gemv_gbs", "ours_vs_bnb_gemv", "ours_bnb_layout_vs_bnb_gemv", "bnb_gemv_path",
         "quantize_gbs", "quantize_input_gbs", "bnb_quantize_gbs",
     ]

@@ -16,8 +16,9 @@ Llama-shaped model with random weights (about 100M parameters by default).
 * ours      -- ecomllm.Model.from_pretrained(dir, quantize="nf4") (fp32 dense weights)
 * ours_bf16 -- ecomllm.Model.from_pretrained(dir, dtype="bf16") (no quantization)
 * ours_medium -- ours with ecomllm.set_float32_matmul_precision("medium"): on AMX CPUs the tile
-  products take bf16 inputs (fp32 accumulation), QLoRA's usual compute dtype; not counted in
-  `speedup` (torch runs fp32); elsewhere it equals `ours`
+  products, on AVX512-BF16 CPUs the tiled products' VDPBF16PS pairs, take bf16 inputs (fp32
+  accumulation), QLoRA's usual compute dtype; not counted in `speedup` (torch runs fp32);
+  elsewhere (AVX2, scalar) it equals `ours`
 * torch     -- transformers LlamaForCausalLM (fp32) + peft.get_peft_model, torch.optim.AdamW
 
 The random model is written once with transformers' save_pretrained to a temporary folder. Each
@@ -434,7 +435,7 @@ def main(argv=None) -> int:
                   "could reach here; amx = ours ran its tiled products on AMX tiles (bf16x3, fp32-accurate: "
                   "quant/amx_tiles.h), which are not bound by the fp32 FMA peak, so ours_fraction_of_peak "
                   "may exceed 1 there; ours_medium = ours at set_float32_matmul_precision('medium') (bf16 "
-                  "inputs to the AMX products, fp32 accumulation), medium_speedup its ratio to torch fp32: "
+                  "inputs to the AMX or AVX512-BF16 products, fp32 accumulation), medium_speedup its ratio to torch fp32: "
                   "a different precision, not the target's comparison"),
         "details": results,
         "total_wall_s": time.perf_counter() - t_start,

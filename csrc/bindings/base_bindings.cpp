@@ -9,6 +9,7 @@
 #include "base/parallel.h"
 #include "bindings/numpy_views.h"
 #include "quant/amx_tiles.h"
+#include "quant/bf16_pairs.h"
 #include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::bindings {
@@ -74,10 +75,14 @@ void bind_base(py::module_& m) {
         "The AMX switch (ECOMLLM_AMX, set_amx_enabled); it has effect only where amx_supported() at avx512.");
   m.def("set_amx_enabled", &quant::set_amx_enabled, py::arg("enabled"),
         "Switch the AMX tile path on or off (off: the AVX-512 kernels). Also settable with ECOMLLM_AMX=0|1.");
+  m.def("bf16_products_available", &quant::bf16_pair_products_available,
+        "True where the 'medium' precision runs the tiled products as bf16 pairs on AVX512-BF16 (SIMD level "
+        "avx512 on a CPU with AVX512-BF16); AMX, where active, takes the products of 32+ rows itself.");
   m.def("set_fp32_matmul_precision", [](const std::string& name) { quant::set_fp32_matmul_precision(name.c_str()); },
         py::arg("precision"),
-        "Precision of the AMX products: 'highest' (fp32 accuracy, default), 'high' (~1.5e-5) or 'medium' "
-        "(bf16 inputs, fp32 accumulation). Also settable with ECOMLLM_MATMUL_PRECISION.");
+        "Precision of the tiled products: 'highest' (fp32 accuracy, default), 'high' (~1.5e-5, AMX only) or "
+        "'medium' (bf16 inputs, fp32 accumulation: AMX, or AVX512-BF16 pairs). Also settable with "
+        "ECOMLLM_MATMUL_PRECISION.");
   m.def("fp32_matmul_precision", [] { return std::string(quant::fp32_matmul_precision()); },
         "The precision set_fp32_matmul_precision set.");
   m.def("max_threads", &max_threads, "OpenMP threads kernels use (OMP_NUM_THREADS).");

@@ -7,6 +7,7 @@
 
 #include "base/cpu_features.h"
 #include "base/error.h"
+#include "quant/bf16_pairs.h"
 
 #if defined(__linux__) && defined(__x86_64__)
 #include <sys/syscall.h>
@@ -91,6 +92,9 @@ int amx_planes() { return planes_setting().load(); }
 
 void set_amx_enabled(bool enabled) { enabled_flag().store(enabled); }
 bool amx_enabled() { return enabled_flag().load(); }
+
+bool bf16_pair_products_available() { return simd_level() == SimdLevel::AVX512 && cpu_features().avx512_bf16; }
+bool bf16_pair_products() { return planes_setting().load() == 1 && bf16_pair_products_available(); }
 
 bool amx_usable() { return simd_level() == SimdLevel::AVX512 && amx_enabled() && amx_supported(); }
 

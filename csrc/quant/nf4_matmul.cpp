@@ -14,6 +14,7 @@
 #include "base/error.h"
 #include "base/parallel.h"
 #include "quant/amx_tiles.h"
+#include "quant/bf16_pairs.h"
 #include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::quant {
@@ -392,11 +393,25 @@ void gemm_tiled(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, in
 
   // x packed as panels [panels][K][MR]: the micro-kernel broadcasts MR consecutive x rows per k. The
   // buffer (MiBs in training) is kept per calling thread: a fresh one each call page-faulted.
+  // At the "medium" precision on AVX512-BF16 (bf16_pairs.h) x and the W panels are bf16 pairs,
+  // [panels][ceil(K / 2)][MR] and [ceil(kc / 2)][NR], multiplied by the pair micro-kernel.
+  const bool pairs = bf16_pair_products() && MR == kBf16GemmMR && NR == kBf16GemmNR;
+  const int64_t KP = (K + 1) / 2;
   thread_local AlignedBuffer packed_x;
-  const size_t packed_bytes = sizeof(float) * static_cast<size_t>(panels * K * MR);
+  const size_t packed_bytes = pairs ? sizeof(uint32_t) * static_cast<size_t>(panels * KP * MR)
+                                    : sizeof(float) * static_cast<size_t>(panels * K * MR);
   if (packed_x.size() < packed_bytes) packed_x = AlignedBuffer(packed_bytes);
   float* xp = packed_x.as<float>();
-  pack_x_panels(kern, x, M, K, xp);
+  uint32_t* xpp = packed_x.as<uint32_t>();
+  if (pairs) {
+    parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        bf16_pack_pair_panel(x + p * MR * K, K, K, static_cast<int>(std::min(MR, M - p * MR)), kBf16GemmMR,
+                             xpp + p * KP * MR);
+    });
+  } else {
+    pack_x_panels(kern, x, M, K, xp);
+  }
 
   // The low-rank term's u packed like x ([panels][r][MR]): its r steps follow each tile's K steps.
   const int64_t r = extra ? extra->r : 0;
@@ -433,14 +448,20 @@ void gemm_tiled(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, in
             const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
             kern.pack_panel(rows, ld, kc, panel);
           }
+          if (pairs) bf16_pair_panel_in_place(panel, kc);
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;
           const int mv = static_cast<int>(std::min(MR, M - m0));
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t n0 = t * NR;
-            kern.gemm_tile(kc, xp + (p * K + k0) * MR, group_buf.as<float>() + (t - t_begin) * NR * KC, y + m0 * N + n0,
-                           N, mv, static_cast<int>(std::min(NR, N - n0)), k0 > 0);
+            const float* panel = group_buf.as<float>() + (t - t_begin) * NR * KC;
+            const int nv = static_cast<int>(std::min(NR, N - n0));
+            if (pairs)  // KC is even: chunk k0 starts at pair k0 / 2
+              bf16_gemm_tile((kc + 1) / 2, xpp + (p * KP + k0 / 2) * MR, reinterpret_cast<const uint32_t*>(panel),
+                             y + m0 * N + n0, N, mv, nv, k0 > 0);
+            else
+              kern.gemm_tile(kc, xp + (p * K + k0) * MR, panel, y + m0 * N + n0, N, mv, nv, k0 > 0);
           }
         }
       }
@@ -494,6 +515,23 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
   const int64_t MR = kern.gemm_t_mr, KR = kern.gemm_t_kr;
   const int64_t KW = round_up(kBackwardKW, KR), NC = kBackwardNC;
   const int64_t chunks = (K + KW - 1) / KW;
+  // At the "medium" precision on AVX512-BF16: dy as panels of bf16 pairs [ceil(M / MR)][ceil(N / 2)][MR]
+  // (made once) and each W tile as pairs of its rows (bf16_pairs.h); NC is even, so tiles start on a pair.
+  static_assert(kBackwardNC % 2 == 0);
+  const bool pairs = bf16_pair_products() && MR == kBf16GemmTMR && KR == kBf16GemmTKR;
+  const int64_t NP = (N + 1) / 2, dy_panels = (M + MR - 1) / MR;
+  thread_local AlignedBuffer dy_pairs_buf;
+  if (pairs) {
+    const size_t bytes = sizeof(uint32_t) * static_cast<size_t>(dy_panels * NP * MR);
+    if (dy_pairs_buf.size() < bytes) dy_pairs_buf = AlignedBuffer(bytes);
+    uint32_t* out = dy_pairs_buf.as<uint32_t>();
+    parallel_for(0, dy_panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        bf16_pack_pair_panel(dy + p * MR * N, N, N, static_cast<int>(std::min(MR, M - p * MR)), kBf16GemmTMR,
+                             out + p * NP * MR);
+    });
+  }
+  const uint32_t* dyp = dy_pairs_buf.as<uint32_t>();
   // Tasks are (dx column chunk, dy row block) pairs. With K chunks alone, 3 chunks on 2 threads
   // left one thread idle a third of the time; splitting the rows into threads / gcd blocks makes
   // the task count a multiple of the thread count. Each row block produces its W tiles again,
@@ -506,6 +544,7 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
   row_blocks = (M + block_rows - 1) / block_rows;
   parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
     AlignedBuffer tile(sizeof(float) * NC * KW, /*zero=*/true);
+    AlignedBuffer pair_tile(pairs ? sizeof(uint32_t) * NC / 2 * KW : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t c = t / row_blocks, rb = t % row_blocks;
       const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
@@ -524,7 +563,17 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
         // Columns past kw are read by the last micro-tile (results dropped): they must be finite.
         int64_t ldw = 0;
         const float* w = src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
-        apply_tile(nc, dy + n0, N, w, ldw, accumulate || n0 > 0);
+        if (pairs) {
+          uint32_t* wp = pair_tile.as<uint32_t>();
+          bf16_pair_tile_rows(w, ldw, nc, kw, wp, KW);
+          for (int64_t m0 = m_begin; m0 < m_end; m0 += MR)
+            for (int64_t kk = 0; kk < kw; kk += KR)
+              bf16_gemm_t_tile((nc + 1) / 2, dyp + (m0 / MR * NP + n0 / 2) * MR, wp + kk, KW, dx + m0 * K + k0 + kk, K,
+                               static_cast<int>(std::min(MR, m_end - m0)), static_cast<int>(std::min(KR, kw - kk)),
+                               accumulate || n0 > 0);
+        } else {
+          apply_tile(nc, dy + n0, N, w, ldw, accumulate || n0 > 0);
+        }
       }
       // The low-rank term as further reduction rows: dx[:, chunk] += g A[:, chunk], NC rows at a time.
       if (extra) {

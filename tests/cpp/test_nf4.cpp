@@ -11,6 +11,7 @@
 
 #include "base/cpu_features.h"
 #include "quant/amx_tiles.h"
+#include "quant/bf16_pairs.h"
 #include "quant/nf4.h"
 #include "quant/nf4_decode_layout.h"
 #include "quant/nf4_gemv_q16.h"
@@ -610,6 +611,94 @@ TEST(AmxTiles, KeepFp32Accuracy) {
   EXPECT_THROW(set_fp32_matmul_precision("low"), ValueError);
   EXPECT_STREQ(fp32_matmul_precision(), "highest");
   set_simd_level(cpu_features().best_level());
+}
+
+
+// bf16(v): fp32 rounded to the nearest bf16, ties to even (what VCVTNE2PS2BF16 does to normal values).
+double bf16_round(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+// The "medium" precision on AVX512-BF16 without AMX: the tiled products multiply bf16(x) by bf16(W)
+// and sum in fp32, so they must match an fp64 product of the rounded operands to fp32 summation
+// accuracy (1e-5 of max |y|), while lying ~1e-3 away from the fp32 product (the setting acts). Odd
+// K, N and M (partial micro-tiles, odd pair counts, K chunks), the low-rank terms (kept fp32), and
+// accumulate; NF4 and dense fp32 weights.
+TEST(Bf16Pairs, MediumPrecisionMultipliesRoundedOperands) {
+  if (!cpu_features().avx512_bf16 || cpu_features().best_level() != SimdLevel::AVX512)
+    GTEST_SKIP() << "no AVX512-BF16 here";
+  set_simd_level(SimdLevel::AVX512);
+  set_amx_enabled(false);
+  struct Case {
+    int64_t M, N, K;
+  };
+  for (const Case c : {Case{3, 33, 96}, Case{30, 61, 2113}, Case{133, 97, 4160}}) {
+    const Weight w = make_weight(c.N, c.K, 64, true, 5);
+    const std::vector<double> wd = dense(w.m);
+    std::vector<float> wf(wd.begin(), wd.end());
+    const std::vector<float> x = random_normal(c.M * c.K, 61), dy = random_normal(c.M * c.N, 67);
+    std::vector<double> y_ref(c.M * c.N, 0.0), y_bf(c.M * c.N, 0.0), dx_ref(c.M * c.K, 0.0), dx_bf(c.M * c.K, 0.0);
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t n = 0; n < c.N; ++n)
+        for (int64_t k = 0; k < c.K; ++k) {
+          const float xv = x[m * c.K + k], dv = dy[m * c.N + n], wv = wf[n * c.K + k];
+          y_ref[m * c.N + n] += static_cast<double>(xv) * wv;
+          y_bf[m * c.N + n] += bf16_round(xv) * bf16_round(wv);
+          dx_ref[m * c.K + k] += static_cast<double>(dv) * wv;
+          dx_bf[m * c.K + k] += bf16_round(dv) * bf16_round(wv);
+        }
+    const int64_t r = 3;  // low-rank terms: fp32 products in the same pass
+    const std::vector<float> u = random_normal(c.M * r, 71), b = random_normal(c.N * r, 73);
+    const std::vector<float> g = random_normal(c.M * r, 79), a = random_normal(r * c.K, 83);
+    std::vector<double> y_lr(y_bf), dx_lr(dx_bf);
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t j = 0; j < r; ++j) {
+        for (int64_t n = 0; n < c.N; ++n) y_lr[m * c.N + n] += 0.5 * static_cast<double>(u[m * r + j]) * b[n * r + j];
+        for (int64_t k = 0; k < c.K; ++k) dx_lr[m * c.K + k] += static_cast<double>(g[m * r + j]) * a[j * c.K + k];
+      }
+    const LowRankOutput out_term{u.data(), b.data(), r, 0.5f};
+    const LowRankTerm in_term{g.data(), a.data(), r};
+    set_fp32_matmul_precision("medium");
+    ASSERT_TRUE(bf16_pair_products());
+    const std::string at = " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
+    std::vector<float> y(c.M * c.N, NAN), dx(c.M * c.K, NAN);
+    nf4_matmul(x.data(), c.M, w.m, nullptr, y.data());
+    nf4_matmul_t(dy.data(), c.M, w.m, dx.data());
+    // Forward: 3 rows of an aligned W run the exact GEMV kernel, the others the GEMM; backward: always tiled.
+    if (c.M > 3) {
+      EXPECT_LE(rel_err(y, y_bf), 1e-5) << "nf4 forward" << at;
+      EXPECT_GE(rel_err(y, y_ref), 1e-4) << "nf4 forward" << at;
+    } else {
+      EXPECT_LE(rel_err(y, y_ref), 1e-5) << "nf4 forward, few rows" << at;
+    }
+    EXPECT_LE(rel_err(dx, dx_bf), 1e-5) << "nf4 backward" << at;
+    EXPECT_GE(rel_err(dx, dx_ref), 1e-4) << "nf4 backward" << at;
+    f32_matmul(x.data(), c.M, wf.data(), c.N, c.K, y.data(), &out_term);
+    f32_matmul_t(dy.data(), c.M, wf.data(), c.N, c.K, dx.data(), false, &in_term);
+    EXPECT_LE(rel_err(y, y_lr), 1e-5) << "f32 forward + low-rank" << at;
+    EXPECT_LE(rel_err(dx, dx_lr), 1e-5) << "f32 backward + low-rank" << at;
+    std::vector<float> dx_acc(c.M * c.K, 0.25f);
+    std::vector<double> dx_acc_ref(dx_bf);
+    for (double& v : dx_acc_ref) v += 0.25;
+    f32_matmul_t(dy.data(), c.M, wf.data(), c.N, c.K, dx_acc.data(), /*accumulate=*/true);
+    EXPECT_LE(rel_err(dx_acc, dx_acc_ref), 1e-5) << "f32 backward, accumulate" << at;
+    // Back at "highest": fp32 products again.
+    set_fp32_matmul_precision("highest");
+    EXPECT_FALSE(bf16_pair_products());
+    f32_matmul_t(dy.data(), c.M, wf.data(), c.N, c.K, dx.data(), false);
+    EXPECT_LE(rel_err(dx, dx_ref), 1e-5) << "f32 backward, highest" << at;
+  }
+  set_simd_level(SimdLevel::AVX2);  // the setting has no effect below AVX-512
+  set_fp32_matmul_precision("medium");
+  EXPECT_FALSE(bf16_pair_products());
+  set_fp32_matmul_precision("highest");
+  set_simd_level(cpu_features().best_level());
+  set_amx_enabled(true);
 }
 
 }  // namespace

@@ -164,7 +164,8 @@ FEATURE_KEYS = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx51
 
 def test_cpu_info():
     info = ecomllm.cpu_info()
-    assert FEATURE_KEYS | {"best_level", "simd_level", "threads", "amx"} <= set(info)
+    assert FEATURE_KEYS | {"best_level", "simd_level", "threads", "amx", "bf16_products"} <= set(info)
+    assert info["bf16_products"] == (info["avx512_bf16"] and info["simd_level"] == "avx512")
     for k in FEATURE_KEYS:
         assert isinstance(info[k], bool), k
     assert info["best_level"] in ("scalar", "avx2", "avx512")

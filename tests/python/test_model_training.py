@@ -196,11 +196,19 @@ def test_bf16_base_is_close_to_fp32(tmp_path):
         b16.train_all_parameters()
 
 
-@pytest.mark.skipif(not ecomllm._core.amx_supported(), reason="the matmul precision setting acts on AMX CPUs only")
-@pytest.mark.parametrize("precision,rtol", [("high", 1e-3), ("medium", 5e-2)])
+_AMX = ecomllm._core.amx_supported()
+_BF16_PAIRS = ecomllm._core.bf16_products_available()
+
+
+@pytest.mark.parametrize("precision,rtol", [
+    pytest.param("high", 1e-3, marks=pytest.mark.skipif(not _AMX, reason="'high' acts on AMX CPUs only")),
+    pytest.param("medium", 5e-2, marks=pytest.mark.skipif(not (_AMX or _BF16_PAIRS),
+                                                          reason="'medium' acts on AMX or AVX512-BF16 CPUs only")),
+])
 def test_lower_matmul_precision_trains_like_fp32(tmp_path, precision, rtol):
-    """LoRA training with the AMX products at bf16-like precision: logits within the precision's
-    reach, and the loss curve of 30 AdamW steps follows the fp32 one (B * T = 64 rows: AMX runs)."""
+    """LoRA training with the products at bf16-like precision (AMX tiles, or bf16 pairs on
+    AVX512-BF16): logits within the precision's reach, and the loss curve of 30 AdamW steps follows
+    the fp32 one (B * T = 64 rows: the tiled products run)."""
     hf = tiny_llama(8)
     hf.save_pretrained(tmp_path / "base")
     ids, labels = batch(8, B=4, T=16)

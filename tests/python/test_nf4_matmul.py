@@ -353,3 +353,36 @@ def test_results_do_not_depend_on_thread_count():
         assert nthreads == threads
         digests[threads] = digest
     assert len(set(digests.values())) == 1, f"results differ with the thread count: {digests}"
+
+
+BF16_PRODUCTS = _core.cpu_features()["avx512_bf16"] and BEST == "avx512"
+
+
+@pytest.mark.parametrize("m,n,k", [(40, 33, 257), (130, 64, 4096), (17, 1000, 130)])
+def test_medium_precision_multiplies_bf16_rounded_operands(m, n, k):
+    """``set_float32_matmul_precision("medium")`` on AVX512-BF16 (AMX off): the tiled products equal
+    torch's fp64 product of the bf16-rounded operands (torch rounds to nearest even, as the CPU
+    does) to fp32 summation accuracy (1e-5 of max |y|), and differ from the fp32 product by ~1e-3
+    (the setting acts). Without AVX512-BF16, or at avx2, "medium" changes nothing: fp32 accuracy."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(m * n + k)
+    t = NF4Tensor.quantize(rng.standard_normal((n, k), dtype=F32))
+    wd = torch.from_numpy(t.dequantize())
+    x, dy = rng.standard_normal((m, k), dtype=F32), rng.standard_normal((m, n), dtype=F32)
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    bf = lambda a: a.bfloat16().double()  # noqa: E731
+    y_fp32, dx_fp32 = (xt.double() @ wd.double().T).numpy(), (dyt.double() @ wd.double()).numpy()
+    y_bf16, dx_bf16 = (bf(xt) @ bf(wd).T).numpy(), (bf(dyt) @ bf(wd)).numpy()
+    for lv in (["avx512"] if BEST == "avx512" else []) + (["avx2"] if BEST in ("avx2", "avx512") else []):
+        _core.set_simd_level(lv)
+        _core.set_amx_enabled(False)
+        ecomllm.set_float32_matmul_precision("medium")
+        assert ecomllm.cpu_info()["bf16_products"] == (BF16_PRODUCTS and lv == "avx512")
+        y, dx = t.matmul(x), t.matmul_t(dy)
+        if BF16_PRODUCTS and lv == "avx512":
+            assert rel_err(y, y_bf16) <= TOL and rel_err(dx, dx_bf16) <= TOL, lv
+            assert rel_err(y, y_fp32) > 1e-4 and rel_err(dx, dx_fp32) > 1e-4, lv
+        else:
+            assert rel_err(y, y_fp32) <= TOL and rel_err(dx, dx_fp32) <= TOL, lv
+        ecomllm.set_float32_matmul_precision("highest")
+        assert rel_err(t.matmul(x), y_fp32) <= TOL and rel_err(t.matmul_t(dy), dx_fp32) <= TOL, lv
