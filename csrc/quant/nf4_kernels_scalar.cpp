@@ -90,12 +90,12 @@ void pack_x_panel(const float* x, int64_t K, int mv, float* panel) {
     for (int i = 0; i < kMR; ++i) panel[k * kMR + i] = i < mv ? x[i * K + k] : 0.0f;
 }
 
-void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
-                 int kv, bool accumulate) {
+void gemm_t_tile(int64_t nc, const float* dyp, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv, int kv,
+                 bool accumulate) {
   for (int i = 0; i < mv; ++i)
     for (int k = 0; k < kv; ++k) {
       float s = 0.0f;
-      for (int64_t n = 0; n < nc; ++n) s += dy[i * ldy + n] * w[n * ldw + k];
+      for (int64_t n = 0; n < nc; ++n) s += dyp[n * kTMR + i] * w[n * ldw + k];
       dx[i * ldx + k] = accumulate ? dx[i * ldx + k] + s : s;
     }
 }

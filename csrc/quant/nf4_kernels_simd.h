@@ -278,19 +278,16 @@ void pack_x_panel(const float* x, int64_t K, int mv, float* panel) {
 }
 
 // ---- backward micro-kernel: dx tile = dy rows . W tile --------------------------------------
-void gemm_t_tile(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
-                 int kv, bool accumulate) {
+void gemm_t_tile(int64_t nc, const float* dyp, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv, int kv,
+                 bool accumulate) {
   V acc[kGemmTMR][2];
-  const float* dyr[kGemmTMR];
-  for (int i = 0; i < kGemmTMR; ++i) {
-    dyr[i] = dy + (i < mv ? i : 0) * ldy;  // rows past mv repeat row 0; their results are dropped
-    acc[i][0] = acc[i][1] = zero();
-  }
+  for (int i = 0; i < kGemmTMR; ++i) acc[i][0] = acc[i][1] = zero();
   for (int64_t n = 0; n < nc; ++n) {
     const V w0 = load(w + n * ldw), w1 = load(w + n * ldw + V::kLanes);
+    const float* dn = dyp + n * kGemmTMR;  // rows past mv are zero in the panel
 #pragma GCC unroll 16
     for (int i = 0; i < kGemmTMR; ++i) {
-      const V b = set1(dyr[i][n]);
+      const V b = set1(dn[i]);
       acc[i][0] = fma(w0, b, acc[i][0]);
       acc[i][1] = fma(w1, b, acc[i][1]);
     }

@@ -72,9 +72,10 @@ struct NF4Kernels {
   void (*gemm_tile)(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mv, int nv,
                     bool accumulate);
   // Backward micro-kernel: for i < mv, k < kv:
-  //   dx[i * ldx + k] (+)= sum_n dy[i * ldy + n] * w[n * ldw + k],  n in [0, nc)
-  void (*gemm_t_tile)(int64_t nc, const float* dy, int64_t ldy, const float* w, int64_t ldw, float* dx, int64_t ldx,
-                      int mv, int kv, bool accumulate);
+  //   dx[i * ldx + k] (+)= sum_n dyp[n * gemm_t_mr + i] * w[n * ldw + k],  n in [0, nc)
+  // dyp a panel of gemm_t_mr rows of dy packed along n (rows past mv zero).
+  void (*gemm_t_tile)(int64_t nc, const float* dyp, const float* w, int64_t ldw, float* dx, int64_t ldx, int mv,
+                      int kv, bool accumulate);
   // Forward W panel: panel[k * gemm_nr + j] = rows[j * ld + k] for j < gemm_nr, k < kc.
   void (*pack_panel)(const float* rows, int64_t ld, int64_t kc, float* panel);
   // Forward x panel: panel[k * gemm_mr + i] = x[i * K + k] for i < mv (0 for mv <= i < gemm_mr).
