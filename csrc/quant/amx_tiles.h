@@ -36,7 +36,8 @@ constexpr int64_t amx_b_step_elems(int planes) { return planes * 2 * kAmxTileEle
 //   "medium": 1 plane, 1 product: plain bf16 inputs with fp32 accumulation, ~2^-8 (~4e-3) relative
 //            per product -- the usual QLoRA compute dtype (bnb_4bit_compute_dtype=bfloat16) -- ~5x faster.
 // Read when a product starts; the environment variable ECOMLLM_MATMUL_PRECISION sets the start
-// value. Only the AMX path reads it: elsewhere products are always fp32.
+// value. The AMX path reads it, and at "medium" the AVX512-BF16 pair kernels (quant/bf16_pairs.h)
+// take the tiled products AMX does not; elsewhere products are always fp32.
 void set_fp32_matmul_precision(const char* name);  // ValueError on other names
 const char* fp32_matmul_precision();
 int amx_planes();  // 3, 2 or 1
