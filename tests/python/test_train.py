@@ -523,3 +523,28 @@ def test_trainer_input_errors(base, tmp_path):
         Trainer(lora_model(base), packed(0, 4), None, c).train()
     with pytest.raises(ValueError, match="training rows"):
         Trainer(lora_model(base), packed(0, 6), None, c).train(resume_from="latest")
+
+
+def test_matmul_precision_applies_to_the_run_only(base, tmp_path):
+    """``train.matmul_precision`` sets the products' precision for the run (callbacks see it), the
+    summary reports it, and the process setting comes back afterwards, also when a step raises."""
+    import ecomllm
+    seen = []
+    c = cfg(tmp_path, max_steps=2, micro_batch_size=2, matmul_precision="medium")
+    summary = Trainer(lora_model(base), packed(10, 6), None, c,
+                      callbacks=[lambda step, m: seen.append(ecomllm.get_float32_matmul_precision())]).train()
+    assert seen == ["medium", "medium"] and summary["matmul_precision"] == "medium"
+    assert ecomllm.get_float32_matmul_precision() == "highest"
+    summary = Trainer(lora_model(base), packed(10, 6), None,
+                      cfg(tmp_path, output_dir=str(tmp_path / "b"), max_steps=1, micro_batch_size=2)).train()
+    assert summary["matmul_precision"] == "highest"  # null: the process setting
+
+    def boom(step, metrics):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        Trainer(lora_model(base), packed(10, 6), None, cfg(tmp_path, output_dir=str(tmp_path / "c"), max_steps=2,
+                                                           micro_batch_size=2, matmul_precision="medium"),
+                callbacks=[boom]).train()
+    assert ecomllm.get_float32_matmul_precision() == "highest"
+    with pytest.raises(ConfigError, match="matmul_precision"):
+        load_config(TrainConfig, None, ["train.matmul_precision=low"], section="train")

@@ -264,6 +264,11 @@ class Trainer:
         self._t0 = time.perf_counter()
         bar = _progress(cfg.progress, self.total_steps, self.global_step)
         stopped = False
+        # The run's matmul precision, if the config names one, for the run only (process-wide setting).
+        precision_before = _core.fp32_matmul_precision()
+        if cfg.matmul_precision is not None:
+            _core.set_fp32_matmul_precision(cfg.matmul_precision)
+        precision = _core.fp32_matmul_precision()
         try:
             while self.global_step < self.total_steps and not stopped:
                 if self.step_in_epoch == 0:
@@ -291,6 +296,7 @@ class Trainer:
             bar.close()
             self.elapsed_before = self._elapsed()
             del self._t0
+            _core.set_fp32_matmul_precision(precision_before)
 
         train_lines = [h for h in self.history if h["type"] == "train"]
         summary = {
@@ -305,6 +311,7 @@ class Trainer:
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "stopped_early": stopped,
+            "matmul_precision": precision,
             "output_dir": str(self.output_dir),
         }
         self._call("on_train_end", summary)
