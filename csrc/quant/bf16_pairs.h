@@ -32,7 +32,10 @@ bool bf16_pair_products();
 // x (forward) or dy (backward) panel: rows i < mv of a (row stride lda) over columns [0, cols)
 // -> panel [ceil(cols / 2)][mr] of pairs (rows mv .. mr - 1 zero); mr <= 16.
 void bf16_pack_pair_panel(const float* a, int64_t lda, int64_t cols, int mv, int mr, uint32_t* panel);
-// Forward W panel, in place: fp32 [kc][kBf16GemmNR] -> pairs [ceil(kc / 2)][kBf16GemmNR] in the
+// Forward W panel from W rows: rows [kBf16GemmNR][ld] fp32, columns [0, kc) -> panel [ceil(kc / 2)][kBf16GemmNR]
+// pairs (one pass: rounding, then 16 x 16 transposes of pairs; no fp32 panel in between).
+void bf16_pack_pair_panel_rows(const float* rows, int64_t ld, int64_t kc, uint32_t* panel);
+// Forward W panel, in place (for panel sources that write fp32 panels themselves): fp32 [kc][kBf16GemmNR] -> pairs [ceil(kc / 2)][kBf16GemmNR] in the
 // same buffer (pair row p overwrites fp32 row p after rows 2p and 2p + 1 are read).
 void bf16_pair_panel_in_place(float* panel, int64_t kc);
 // Forward micro-kernel: y[i * ldy + j] (+)= sum_p dot(xp[p][i], wp[p][j]) for i < mv, j < nv.

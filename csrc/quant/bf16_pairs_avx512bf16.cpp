@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#define ECOM_SIMD_AVX512
+#include "base/simd_vec.h"
 #include "quant/bf16_pairs.h"
 
 namespace ecomllm::quant {
@@ -68,6 +70,20 @@ void bf16_pack_pair_panel(const float* a, int64_t lda, int64_t cols, int mv, int
     for (int64_t p = 0; p < n; ++p)
       for (int i = 0; i < mr; ++i) panel[(p0 + p) * mr + i] = rows[i][p];
   }
+}
+
+void bf16_pack_pair_panel_rows(const float* rows, int64_t ld, int64_t kc, uint32_t* panel) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t p0 = 0; p0 < pairs; p0 += 16)
+    for (int jb = 0; jb < kBf16GemmNR; jb += 16) {
+      // 16 rows x 16 pairs, rounded, then transposed in registers (pairs are moved as 32-bit lanes).
+      __m512 r[16], out[16];
+      for (int j = 0; j < 16; ++j)
+        r[j] = reinterpret_cast<__m512>(pairs_of_run(rows + (jb + j) * ld + 2 * p0, kc - 2 * p0));
+      simd::transpose_block(r, out);
+      const int64_t n = pairs - p0 < 16 ? pairs - p0 : 16;
+      for (int64_t c = 0; c < n; ++c) _mm512_store_ps(reinterpret_cast<float*>(panel + (p0 + c) * kBf16GemmNR + jb), out[c]);
+    }
 }
 
 void bf16_pair_panel_in_place(float* panel, int64_t kc) {

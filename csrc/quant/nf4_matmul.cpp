@@ -454,9 +454,13 @@ void gemm_tiled(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, in
           } else {
             int64_t ld = 0;
             const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
-            kern.pack_panel(rows, ld, kc, panel);
+            if (pairs)
+              bf16_pack_pair_panel_rows(rows, ld, kc, reinterpret_cast<uint32_t*>(panel));
+            else
+              kern.pack_panel(rows, ld, kc, panel);
           }
-          if (pairs) bf16_pair_panel_in_place(panel, kc);
+          if constexpr (PanelSource<Source>)
+            if (pairs) bf16_pair_panel_in_place(panel, kc);
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;
