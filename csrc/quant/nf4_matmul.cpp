@@ -51,6 +51,9 @@ constexpr int64_t kForwardGroupTiles = 4;
 constexpr int64_t kBackwardKW = 128;  // dx columns per backward chunk (a thread's unit of work)
 constexpr int64_t kBackwardNC = 256;  // W rows per backward tile
 constexpr int64_t kBackwardMinRows = 64;  // fewest dy rows per backward task
+// Most bytes of dy packed at a time for the backward micro-kernels (a column block of dy; at least
+// one W tile's worth): the lm_head's logits gradient is M x vocab, ~128 MiB at M = 1024.
+constexpr int64_t kBackwardPanelBytes = int64_t{8} << 20;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -527,18 +530,22 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
   const int64_t MR = kern.gemm_t_mr, KR = kern.gemm_t_kr;
   const int64_t KW = round_up(kBackwardKW, KR), NC = kBackwardNC;
   const int64_t chunks = (K + KW - 1) / KW;
-  // dy (and the low-rank term's g) packed once per call as panels [ceil(M / MR)][N][MR], so that a
+  // dy (and the low-rank term's g) is packed as panels [ceil(M / MR)][columns][MR], so that a
   // micro-tile reads its MR rows as one contiguous stream: read in place, rows N floats apart share
   // L1 sets when N is a multiple of 1024 (4096: 14 rows on 8 ways), which halved the backward's
-  // speed (Zen 4, M = 128: 61-118 GFLOP/s at N = 4096 against 144-158 at N = 4112).
-  // At the "medium" precision on AVX512-BF16 dy's panels hold bf16 pairs instead, [ceil(N / 2)][MR],
+  // speed (Zen 4, M = 128: 61-118 GFLOP/s at N = 4096 against 144-158 at N = 4112). The columns go
+  // in blocks of whole NC-row W tiles whose panels take at most kBackwardPanelBytes (the logits'
+  // gradient of an lm_head is M x vocab: a copy of all of it would cost as much memory again); each
+  // block is one pass of the tasks below, W rows decoded once either way.
+  // At the "medium" precision on AVX512-BF16 dy's panels hold bf16 pairs instead, [ceil(cols / 2)][MR],
   // and each W tile becomes pairs of its rows (bf16_pairs.h); NC is even, so tiles start on a pair.
   static_assert(kBackwardNC % 2 == 0);
   const bool pairs = bf16_pair_products() && MR == kBf16GemmTMR && KR == kBf16GemmTKR;
-  const int64_t NP = (N + 1) / 2, dy_panels = (M + MR - 1) / MR, r = extra ? extra->r : 0;
-  const int64_t panel_cols = pairs ? NP : N;  // floats or pairs per panel row
+  const int64_t dy_panels = (M + MR - 1) / MR, r = extra ? extra->r : 0;
+  const int64_t block_cols =
+      std::min(N, std::max<int64_t>(NC, kBackwardPanelBytes / (sizeof(float) * dy_panels * MR) / NC * NC));
   thread_local AlignedBuffer dy_panel_buf, g_panel_buf;
-  const size_t dy_bytes = sizeof(float) * static_cast<size_t>(dy_panels * panel_cols * MR);
+  const size_t dy_bytes = sizeof(float) * static_cast<size_t>(dy_panels * block_cols * MR);
   if (dy_panel_buf.size() < dy_bytes) dy_panel_buf = AlignedBuffer(dy_bytes);
   const size_t g_bytes = sizeof(float) * static_cast<size_t>(dy_panels * r * MR);
   if (extra && g_panel_buf.size() < g_bytes) g_panel_buf = AlignedBuffer(g_bytes);
@@ -546,16 +553,11 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
   float* dyp = dy_panel_buf.as<float>();
   uint32_t* dy_pairs = dy_panel_buf.as<uint32_t>();
   float* gp = g_panel_buf.as<float>();
-  parallel_for(0, dy_panels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int mv = static_cast<int>(std::min(MR, M - p * MR));
-      if (pairs)
-        bf16_pack_pair_panel(dy + p * MR * N, N, N, mv, kBf16GemmTMR, dy_pairs + p * NP * MR);
-      else
-        pack_rows_panel(dy + p * MR * N, N, N, mv, MR, dyp + p * N * MR);
-      if (extra) pack_rows_panel(extra->g + p * MR * r, r, r, mv, MR, gp + p * r * MR);
-    }
-  });
+  if (extra)
+    parallel_for(0, dy_panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        pack_rows_panel(extra->g + p * MR * r, r, r, static_cast<int>(std::min(MR, M - p * MR)), MR, gp + p * r * MR);
+    });
   // Tasks are (dx column chunk, dy row block) pairs. With K chunks alone, 3 chunks on 2 threads
   // left one thread idle a third of the time; splitting the rows into threads / gcd blocks makes
   // the task count a multiple of the thread count. Each row block produces its W tiles again,
@@ -566,53 +568,68 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
   row_blocks = std::max<int64_t>(1, std::min(row_blocks, M / kBackwardMinRows));
   const int64_t block_rows = round_up((M + row_blocks - 1) / row_blocks, MR);
   row_blocks = (M + block_rows - 1) / block_rows;
-  parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
-    AlignedBuffer tile(sizeof(float) * NC * KW, /*zero=*/true);
-    AlignedBuffer pair_tile(pairs ? sizeof(uint32_t) * NC / 2 * KW : 0);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c = t / row_blocks, rb = t % row_blocks;
-      const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
-      const int64_t m_begin = rb * block_rows, m_end = std::min(M, m_begin + block_rows);
-      // dx[rows, chunk] (+)= lhs[rows, j0 + n] w[n, chunk] for one tile w of n reduction rows, lhs
-      // the panels of dy or g (cols per panel row) from their column j0 on.
-      auto apply_tile = [&](int64_t n, const float* panels, int64_t cols, int64_t j0, const float* w, int64_t ldw,
-                            bool acc) {
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
-          const int mv = static_cast<int>(std::min(MR, m_end - m0));
-          for (int64_t kk = 0; kk < kw; kk += KR)
-            kern.gemm_t_tile(n, panels + (m0 / MR * cols + j0) * MR, w + kk, ldw, dx + m0 * K + k0 + kk, K, mv,
-                             static_cast<int>(std::min(KR, kw - kk)), acc);
-        }
-      };
-      for (int64_t n0 = 0; n0 < N; n0 += NC) {
-        const int64_t nc = std::min(NC, N - n0);
-        // Columns past kw are read by the last micro-tile (results dropped): they must be finite.
-        int64_t ldw = 0;
-        const float* w = src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
-        if (pairs) {
-          uint32_t* wp = pair_tile.as<uint32_t>();
-          bf16_pair_tile_rows(w, ldw, nc, kw, wp, KW);
-          for (int64_t m0 = m_begin; m0 < m_end; m0 += MR)
+  for (int64_t nb0 = 0; nb0 < N; nb0 += block_cols) {
+    const int64_t nb1 = std::min(N, nb0 + block_cols), cols = nb1 - nb0, col_pairs = (cols + 1) / 2;
+    const bool last_block = nb1 == N;
+    parallel_for(0, dy_panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int mv = static_cast<int>(std::min(MR, M - p * MR));
+        if (pairs)
+          bf16_pack_pair_panel(dy + p * MR * N + nb0, N, cols, mv, kBf16GemmTMR, dy_pairs + p * col_pairs * MR);
+        else
+          pack_rows_panel(dy + p * MR * N + nb0, N, cols, mv, MR, dyp + p * cols * MR);
+      }
+    });
+    parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
+      AlignedBuffer tile(sizeof(float) * NC * KW, /*zero=*/true);
+      AlignedBuffer pair_tile(pairs ? sizeof(uint32_t) * NC / 2 * KW : 0);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c = t / row_blocks, rb = t % row_blocks;
+        const int64_t k0 = c * KW, kw = std::min(KW, K - k0);
+        const int64_t m_begin = rb * block_rows, m_end = std::min(M, m_begin + block_rows);
+        // dx[rows, chunk] (+)= lhs[rows, j0 + n] w[n, chunk] for one tile w of n reduction rows, lhs
+        // the panels of dy or g (width columns per panel row) from their column j0 on.
+        auto apply_tile = [&](int64_t n, const float* panels, int64_t width, int64_t j0, const float* w, int64_t ldw,
+                              bool acc) {
+          for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+            const int mv = static_cast<int>(std::min(MR, m_end - m0));
             for (int64_t kk = 0; kk < kw; kk += KR)
-              bf16_gemm_t_tile((nc + 1) / 2, dy_pairs + (m0 / MR * NP + n0 / 2) * MR, wp + kk, KW, dx + m0 * K + k0 + kk, K,
-                               static_cast<int>(std::min(MR, m_end - m0)), static_cast<int>(std::min(KR, kw - kk)),
-                               accumulate || n0 > 0);
-        } else {
-          apply_tile(nc, dyp, N, n0, w, ldw, accumulate || n0 > 0);
-        }
-      }
-      // The low-rank term as further reduction rows: dx[:, chunk] += g A[:, chunk], NC rows at a time.
-      if (extra) {
-        const F32Source a_rows{extra->a, r, K, false};
-        for (int64_t r0 = 0; r0 < r; r0 += NC) {
-          const int64_t rc = std::min(NC, r - r0);
+              kern.gemm_t_tile(n, panels + (m0 / MR * width + j0) * MR, w + kk, ldw, dx + m0 * K + k0 + kk, K, mv,
+                               static_cast<int>(std::min(KR, kw - kk)), acc);
+          }
+        };
+        for (int64_t n0 = nb0; n0 < nb1; n0 += NC) {
+          const int64_t nc = std::min(NC, nb1 - n0);
+          const bool acc = accumulate || n0 > 0;
+          // Columns past kw are read by the last micro-tile (results dropped): they must be finite.
           int64_t ldw = 0;
-          const float* w = a_rows.tile(r0, r0 + rc, k0, k0 + kw, rc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
-          apply_tile(rc, gp, r, r0, w, ldw, true);
+          const float* w = src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
+          if (pairs) {
+            uint32_t* wp = pair_tile.as<uint32_t>();
+            bf16_pair_tile_rows(w, ldw, nc, kw, wp, KW);
+            for (int64_t m0 = m_begin; m0 < m_end; m0 += MR)
+              for (int64_t kk = 0; kk < kw; kk += KR)
+                bf16_gemm_t_tile((nc + 1) / 2, dy_pairs + (m0 / MR * col_pairs + (n0 - nb0) / 2) * MR, wp + kk, KW,
+                                 dx + m0 * K + k0 + kk, K, static_cast<int>(std::min(MR, m_end - m0)),
+                                 static_cast<int>(std::min(KR, kw - kk)), acc);
+          } else {
+            apply_tile(nc, dyp, cols, n0 - nb0, w, ldw, acc);
+          }
+        }
+        // The low-rank term as further reduction rows: dx[:, chunk] += g A[:, chunk], NC rows at a
+        // time, with the last column block.
+        if (extra && last_block) {
+          const F32Source a_rows{extra->a, r, K, false};
+          for (int64_t r0 = 0; r0 < r; r0 += NC) {
+            const int64_t rc = std::min(NC, r - r0);
+            int64_t ldw = 0;
+            const float* w = a_rows.tile(r0, r0 + rc, k0, k0 + kw, rc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
+            apply_tile(rc, gp, r, r0, w, ldw, true);
+          }
         }
       }
-    }
-  });
+    });
+  }
 }
 
 }  // namespace

@@ -614,6 +614,32 @@ TEST(AmxTiles, KeepFp32Accuracy) {
 }
 
 
+// A backward whose dy is wider than one packed column block (kBackwardPanelBytes: ~3.6k columns at
+// M = 600): the blocks' passes add up, accumulate and the low-rank term (applied with the last
+// block) included, at every level.
+TEST(NF4Matmul, BackwardOverSeveralColumnBlocks) {
+  const int64_t M = 600, N = 9000, K = 40, r = 2;
+  const std::vector<float> w = random_normal(N * K, 89), dy = random_normal(M * N, 97);
+  const std::vector<float> g = random_normal(M * r, 101), a = random_normal(r * K, 103);
+  std::vector<double> ref(M * K, 0.5);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      double acc = 0.0;
+      for (int64_t n = 0; n < N; ++n) acc += static_cast<double>(dy[m * N + n]) * w[n * K + k];
+      for (int64_t j = 0; j < r; ++j) acc += static_cast<double>(g[m * r + j]) * a[j * K + k];
+      ref[m * K + k] += acc;
+    }
+  const LowRankTerm term{g.data(), a.data(), r};
+  for (const LevelMode& level : available_modes()) {
+    apply(level);
+    std::vector<float> dx(M * K, 0.5f);
+    f32_matmul_t(dy.data(), M, w.data(), N, K, dx.data(), /*accumulate=*/true, &term);
+    EXPECT_LE(rel_err(dx, ref), 1e-5) << name(level);
+  }
+  set_simd_level(cpu_features().best_level());
+  set_amx_enabled(true);
+}
+
 // bf16(v): fp32 rounded to the nearest bf16, ties to even (what VCVTNE2PS2BF16 does to normal values).
 double bf16_round(float v) {
   uint32_t u;
@@ -637,7 +663,8 @@ TEST(Bf16Pairs, MediumPrecisionMultipliesRoundedOperands) {
   struct Case {
     int64_t M, N, K;
   };
-  for (const Case c : {Case{3, 33, 96}, Case{30, 61, 2113}, Case{133, 97, 4160}}) {
+  // (600 x 9000: dy wider than one packed column block of the backward.)
+  for (const Case c : {Case{3, 33, 96}, Case{30, 61, 2113}, Case{133, 97, 4160}, Case{600, 9000, 40}}) {
     const Weight w = make_weight(c.N, c.K, 64, true, 5);
     const std::vector<double> wd = dense(w.m);
     std::vector<float> wf(wd.begin(), wd.end());
