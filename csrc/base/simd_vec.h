@@ -19,6 +19,10 @@ inline V load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline void store(float* p, V a) { _mm512_storeu_ps(p, a.v); }
 inline V set1(float f) { return {_mm512_set1_ps(f)}; }
 inline V zero() { return {_mm512_setzero_ps()}; }
+// Mask of the first `valid` of 16 lanes (clamped to 0..16).
+inline __mmask16 lanes(long valid) {
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+}
 inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline V sub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }

@@ -34,11 +34,6 @@ inline Planes16 split(__m512 v, int planes) {
   return s;
 }
 
-// Mask of the first `valid` of 16 lanes (clamped to 0..16).
-inline __mmask16 lanes(int64_t valid) {
-  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
-}
-
 // LDTILECFG's 64-byte operand: palette 1; tiles 0-7 of 16 rows x 64 bytes (bytes 16-31: colsb as
 // uint16 little-endian; bytes 48-55: rows). Static data on purpose: GCC's _tile_loadconfig tells
 // the compiler it reads only a pointer's worth of its operand, so a config built on the stack had
@@ -55,7 +50,7 @@ void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps,
   for (int64_t s = 0; s < steps; ++s) {
     uint16_t* step = out + s * amx_a_step_elems(planes);
     const int64_t k0 = s * kAmxStep;
-    const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
+    const __mmask16 m0 = simd::lanes(red - k0), m1 = simd::lanes(red - k0 - 16);
     for (int i = 0; i < 16; ++i) {
       __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
       if (i < mv) {
@@ -75,7 +70,7 @@ void amx_pack_a(const float* a, int64_t lda, int mv, int64_t red, int64_t steps,
 void amx_pack_b_rows(const float* w, int64_t ldw, int nv, int64_t red, int64_t steps, int planes, uint16_t* out) {
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t k0 = s * kAmxStep;
-    const __mmask16 m0 = lanes(red - k0), m1 = lanes(red - k0 - 16);
+    const __mmask16 m0 = simd::lanes(red - k0), m1 = simd::lanes(red - k0 - 16);
     for (int jt = 0; jt < 2; ++jt) {
       // Row j of W (output column 16 jt + j): 32 reduction values = 16 bf16 pairs per plane, as
       // 32-bit lanes (held in float registers for the transpose: bits are only moved).
@@ -104,7 +99,7 @@ void amx_pack_b_cols(const float* w, int64_t ldw, int64_t red, int nv, int64_t s
   // word 2 c + e of a tile row = element c of reduction row 2 q + e
   const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,  //
                                               39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  const __mmask16 mj[2] = {lanes(nv), lanes(nv - 16)};
+  const __mmask16 mj[2] = {simd::lanes(nv), simd::lanes(nv - 16)};
   for (int64_t s = 0; s < steps; ++s) {
     for (int q = 0; q < 16; ++q) {
       Planes16 e[2][2];  // [row parity][column tile]

@@ -25,10 +25,8 @@ inline __m512i pair16(__m512 a, __m512 b) {
 
 // 32 consecutive floats (count of them readable, the rest zero) -> 16 pairs in element order.
 inline __m512i pairs_of_run(const float* p, int64_t count) {
-  const __mmask16 m0 = count >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1u);
-  const int64_t rest = count - 16;
-  const __mmask16 m1 = rest >= 16 ? 0xFFFF : rest <= 0 ? 0 : static_cast<__mmask16>((1u << rest) - 1u);
-  const __m512 lo = _mm512_maskz_loadu_ps(m0, p), hi = _mm512_maskz_loadu_ps(m1, p + 16);
+  const __m512 lo = _mm512_maskz_loadu_ps(simd::lanes(count), p);
+  const __m512 hi = _mm512_maskz_loadu_ps(simd::lanes(count - 16), p + 16);
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // elements 2p, 2p + 1 -> dword p
 }
 
@@ -44,8 +42,7 @@ __attribute__((always_inline)) inline void store_tile_rows(const __m512 (&acc)[M
     _mm512_store_ps(rows[i], acc[i][0]);
     _mm512_store_ps(rows[i] + 16, acc[i][1]);
   }
-  const __mmask16 m0 = kv >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << kv) - 1u);
-  const __mmask16 m1 = kv >= 32 ? 0xFFFF : kv <= 16 ? 0 : static_cast<__mmask16>((1u << (kv - 16)) - 1u);
+  const __mmask16 m0 = simd::lanes(kv), m1 = simd::lanes(kv - 16);
   for (int i = 0; i < mv; ++i) {
     float* o = out + i * ldo;
     __m512 a = _mm512_load_ps(rows[i]), b = _mm512_load_ps(rows[i] + 16);
@@ -124,7 +121,7 @@ void bf16_pair_tile_rows(const float* w, int64_t ldw, int64_t nc, int64_t kw, ui
     const float* even = w + 2 * p * ldw;
     const bool has_odd = 2 * p + 1 < nc;
     for (int64_t k = 0; k < kw; k += 16) {
-      const __mmask16 m = kw - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (kw - k)) - 1u);
+      const __mmask16 m = simd::lanes(kw - k);
       const __m512 e = _mm512_maskz_loadu_ps(m, even + k);
       const __m512 o = has_odd ? _mm512_maskz_loadu_ps(m, even + ldw + k) : _mm512_setzero_ps();
       // pair16 interleaves 16 + 16 values into 32 bf16 = 16 pairs: the dwords for columns k .. k + 15.
@@ -137,8 +134,7 @@ void bf16_gemm_t_tile(int64_t pairs, const uint32_t* dyp, const uint32_t* wp, in
                       int mv, int kv, bool accumulate) {
   __m512 acc[kBf16GemmTMR][2];
   for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
-  const __mmask16 m0 = kv >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << kv) - 1u);
-  const __mmask16 m1 = kv >= 32 ? 0xFFFF : kv <= 16 ? 0 : static_cast<__mmask16>((1u << (kv - 16)) - 1u);
+  const __mmask16 m0 = simd::lanes(kv), m1 = simd::lanes(kv - 16);
   for (int64_t p = 0; p < pairs; ++p) {
     // Columns past kv are not read (masked): the tile may end there.
     const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi32(m0, wp + p * ldw));

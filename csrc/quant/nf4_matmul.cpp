@@ -154,18 +154,10 @@ struct BF16Source {
 // transposed. Measured at M = 1024 on Sapphire Rapids (AVX-512, 2 threads): 236-291 -> 314-351
 // GFLOP/s (of a 492 FMA peak).
 // panel[k * nr + j] = rows[j * ld + k] for a tile of only nv <= nr readable rows (rows nv .. nr of
-// the panel zero): the low-rank term's B rows.
+// the panel zero): the low-rank term's B rows, and the backward's dy and g panels.
 void pack_panel(const float* rows, int64_t ld, int64_t nv, int64_t nr, int64_t kc, float* panel) {
   for (int64_t k = 0; k < kc; ++k)
     for (int64_t j = 0; j < nr; ++j) panel[k * nr + j] = j < nv ? rows[j * ld + k] : 0.0f;
-}
-
-// panel[c * mr + i] = a[i * lda + c] for i < mv, c < cols (0 for mv <= i < mr): mr rows of a as one
-// stream along c (the backward micro-kernel's dy and g).
-void pack_rows_panel(const float* a, int64_t lda, int64_t cols, int mv, int64_t mr, float* panel) {
-  for (int64_t c0 = 0; c0 < cols; c0 += 64)  // 64 columns at a time: the mv source rows stay in L1
-    for (int64_t i = 0; i < mr; ++i)
-      for (int64_t c = c0; c < std::min(cols, c0 + 64); ++c) panel[c * mr + i] = i < mv ? a[i * lda + c] : 0.0f;
 }
 
 // x[M, K] -> panels [ceil(M / MR)][K][MR] (rows past M zero), in parallel over panels.
@@ -454,6 +446,7 @@ void gemm_tiled(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, in
           float* panel = group_buf.as<float>() + (t - t_begin) * NR * KC;
           if constexpr (PanelSource<Source>) {
             src.panel(n0, k0, kc, panel);
+            if (pairs) bf16_pair_panel_in_place(panel, kc);
           } else {
             int64_t ld = 0;
             const float* rows = src.tile(n0, n0 + nv, k0, k0 + kc, NR, kc, rows_buf.as<float>(), KC, &ld);
@@ -462,8 +455,6 @@ void gemm_tiled(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, in
             else
               kern.pack_panel(rows, ld, kc, panel);
           }
-          if constexpr (PanelSource<Source>)
-            if (pairs) bf16_pair_panel_in_place(panel, kc);
         }
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = p * MR;
@@ -556,7 +547,7 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
   if (extra)
     parallel_for(0, dy_panels, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
-        pack_rows_panel(extra->g + p * MR * r, r, r, static_cast<int>(std::min(MR, M - p * MR)), MR, gp + p * r * MR);
+        pack_panel(extra->g + p * MR * r, r, std::min(MR, M - p * MR), MR, r, gp + p * r * MR);
     });
   // Tasks are (dx column chunk, dy row block) pairs. With K chunks alone, 3 chunks on 2 threads
   // left one thread idle a third of the time; splitting the rows into threads / gcd blocks makes
@@ -577,7 +568,7 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
         if (pairs)
           bf16_pack_pair_panel(dy + p * MR * N + nb0, N, cols, mv, kBf16GemmTMR, dy_pairs + p * col_pairs * MR);
         else
-          pack_rows_panel(dy + p * MR * N + nb0, N, cols, mv, MR, dyp + p * cols * MR);
+          pack_panel(dy + p * MR * N + nb0, N, mv, MR, cols, dyp + p * cols * MR);
       }
     });
     parallel_for(0, chunks * row_blocks, 1, [&](int64_t t0, int64_t t1) {
