@@ -76,9 +76,10 @@ def set_float32_matmul_precision(precision: str) -> None:
       usual QLoRA compute dtype (``bnb_4bit_compute_dtype=torch.bfloat16``), ~4e-3 relative per
       product. On AMX (products of 32 rows and more) about 5x the speed of the tile products; on
       AVX-512 CPUs with AVX512-BF16 (``cpu_info()["bf16_products"]``: Zen 4, Cooper Lake, and
-      Sapphire Rapids below AMX's 32 rows) the tiled products of 4 rows and more use VDPBF16PS:
-      measured on Zen 4 (2 threads, NF4 4096 x 4096, 128 rows) 1.7x the fp32 forward and 2.3x the
-      backward (``matmul_t``). The 1-16 row decoding kernels stay exact.
+      Sapphire Rapids below AMX's 32 rows) the tiled products -- the forward GEMM past the few-row
+      kernels, and every ``matmul_t`` -- use VDPBF16PS: measured on Zen 4 (2 threads, NF4 4096 x
+      4096, 128 rows) 1.7-1.8x the fp32 forward and ~1.5x the backward. The few-row kernels
+      (M = 1 decoding and the like) stay exact.
 
     Where neither runs (AVX2, scalar) products stay fp32 at every setting.
     ``ECOMLLM_MATMUL_PRECISION`` sets the starting value; ValueError on other names.
