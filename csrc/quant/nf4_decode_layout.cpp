@@ -66,6 +66,7 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kin
   L.cols = W.cols;
   L.supergroups = (W.rows + kDecodeRows - 1) / kDecodeRows;
   L.kind = kind;
+  L.block = kind == DecodeLayoutKind::kVbmi ? kVbmiSegmentBlock : 1;
   const int64_t K = W.cols, segments = K / 64, row_bytes = K / 2;
   L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * kSegmentBytes), true);
   uint8_t* data = L.data.as<uint8_t>();
@@ -79,7 +80,7 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kin
         row_scales.resize(static_cast<size_t>(b1 - b0));
         W.block_scales(b0, b1, row_scales.data());
         for (int64_t s = 0; s < segments; ++s) {
-          uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
+          uint8_t* segment = data + L.segment_offset(g, s);
           for (int64_t o = 0; o < 8; ++o)
             copy_dword(kind, r, o, src + 4 * (8 * s + o), segment);
           const float scale = row_scales[static_cast<size_t>((row * K + 64 * s) / W.blocksize - b0)];
@@ -106,7 +107,7 @@ void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
             const int64_t first = g * kDecodeRows + 16 * r, live = std::min<int64_t>(16, L.rows - first);
             if (live <= 0) break;
             for (int64_t o = 0; o < 8; ++o) {
-              const uint8_t* src = data + (g * segments + s) * kSegmentBytes + r * 512 + o * 64;
+              const uint8_t* src = L.segment(g, s) + r * 512 + o * 64;
               const __m128i a0 = _mm_load_si128(reinterpret_cast<const __m128i*>(src));
               const __m128i a1 = _mm_load_si128(reinterpret_cast<const __m128i*>(src + 16));
               const __m128i a2 = _mm_load_si128(reinterpret_cast<const __m128i*>(src + 32));
@@ -129,7 +130,7 @@ void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
       for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < L.rows; ++r) {
         uint8_t* dst = packed + (g * kDecodeRows + r) * row_bytes;
         for (int64_t s = 0; s < segments; ++s) {
-          const uint8_t* segment = data + (g * segments + s) * kSegmentBytes;
+          const uint8_t* segment = data + L.segment_offset(g, s);
           for (int64_t o = 0; o < 8; ++o)  // kVbmi: the row's dword is contiguous
             std::memcpy(dst + 4 * (8 * s + o), segment + code_offset(L.kind, r, o, 0), 4);
         }

@@ -13,9 +13,13 @@
 // from DRAM measured 1.6-1.9x the default kernel and 1.1-1.3x bitsandbytes' bf16 one on a 2-core
 // Zen 4 (benchmarks/README.md has the figures).
 //
-// Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous stream per
-// supergroup and 64-column segment (kSegmentBytes), so that one prefetch stream covers codes and
-// scales (a separate scale stream measured a few % slower). A segment holds 2048 bytes of codes
+// Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous run of
+// kSegmentBytes per supergroup and 64-column segment, so that one prefetch stream covers codes and
+// scales (a separate scale stream measured a few % slower). Segments go in blocks of `block`
+// supergroups (kVbmi: kVbmiSegmentBlock = 8, the last block shorter; kAvx2: 1), segment-major within
+// a block: (g, s) at NF4DecodeLayout::segment_offset. The kVbmi walk takes segment s of each of a
+// block's supergroups in turn, a contiguous stream whose segment tables stay in L1 (Zen 4, 4096 x
+// 4096: cache-hot +3-8%, streamed +1-3% against supergroup-major; benchmarks/README.md). A segment holds 2048 bytes of codes
 // (64 rows x 8 "octets" of 8 columns, 4 bytes per row and octet) and then 64 fp32 block scales
 // (double quantization undone as dequantize() does; 0 for padding rows). Row 64 g + 16 r + j
 // (chunk r, j < 16), byte i < 4 of its dword for octet o = byte 4 (8 s + o) + i of the row in
@@ -31,6 +35,7 @@
 // columns, so both kinds give bit-identical results.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "base/buffer.h"
@@ -58,11 +63,23 @@ enum class DecodeLayoutKind : uint8_t { kVbmi, kAvx2 };
 // 7, then 8-15 alike): p = 8 (j / 8) + 4 (j % 2) + (j % 8) / 2.
 constexpr int64_t avx2_scale_slot(int64_t j) { return 8 * (j / 8) + 4 * (j % 2) + (j % 8) / 2; }
 
+// Supergroups per block of a kVbmi layout (kAvx2: 1): 8 x 2304 bytes of codes per segment
+// between two uses of its x tables, which stay in L1.
+constexpr int64_t kVbmiSegmentBlock = 8;
+
 struct NF4DecodeLayout {
   int64_t rows = 0, cols = 0, supergroups = 0;
   DecodeLayoutKind kind = DecodeLayoutKind::kVbmi;
+  int64_t block = 1;   // supergroups per block of the segment order (above)
   AlignedBuffer data;  // supergroups * cols / 64 * kSegmentBytes
   int64_t nbytes() const { return static_cast<int64_t>(data.size()); }
+  // Byte offset of segment s of supergroup g: blocks of `block` supergroups (the last one may be
+  // shorter), each segment-major.
+  int64_t segment_offset(int64_t g, int64_t s) const {
+    const int64_t first = g / block * block, in_block = std::min(block, supergroups - first);
+    return (first * (cols / 64) + s * in_block + (g - first)) * kSegmentBytes;
+  }
+  const uint8_t* segment(int64_t g, int64_t s) const { return data.as<uint8_t>() + segment_offset(g, s); }
 };
 
 // cols % 64 == 0 and blocksize % 64 == 0 (a 64-column segment of a row lies in one block), and

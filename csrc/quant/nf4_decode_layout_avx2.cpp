@@ -122,11 +122,11 @@ void nf4_decode_rows_avx2(const NF4DecodeLayout& L, const uint8_t* tables, const
   const __m256i digit_weights = _mm256_set1_epi32(0x00400001);  // int16 pairs (1, 64)
   const __m256i u_bias = _mm256_set1_epi32(64 * kProductBias);  // 64 columns of u = q + 2^23
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
+
     __m256 total[kChunks][2];  // rows in avx2_scale_slot order
     for (auto& t : total) t[0] = t[1] = _mm256_setzero_ps();
     for (int64_t s = 0; s < segments; ++s) {
-      const uint8_t* segment = group + s * kSegmentBytes;
+      const uint8_t* segment = L.segment(g, s);
       const uint8_t* segment_tables = tables + s * kOctetsPerSegment * kDigits * kDigitTableBytes;
       const float* scales = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
       const __m256 xs = _mm256_set1_ps(xscale[s]);
@@ -203,15 +203,14 @@ void nf4_decode_rows_avx2(const NF4DecodeLayout& L, const uint8_t* tables, const
 
 void nf4_decode_panel_avx2(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc,
                            float* panel) {
-  const int64_t segments = L.cols / 64, g = n0 / kDecodeRows, r = (n0 % kDecodeRows) / 16;
+  const int64_t g = n0 / kDecodeRows, r = (n0 % kDecodeRows) / 16;
   const __m256 code_lo = _mm256_loadu_ps(code), code_hi = _mm256_loadu_ps(code + 8);
   const __m256i seven = _mm256_set1_epi32(7);
   const __m128i low_nibble = _mm_set1_epi8(0x0f);
   // Scale slot of row j is 4 (j % 2) + j / 2 within each half of 8 (avx2_scale_slot): back to row order.
   const __m256i to_rows = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
   for (int64_t k = 0; k < kc; k += 64) {
-    const uint8_t* segment = group + (k0 + k) / 64 * kSegmentBytes;
+    const uint8_t* segment = L.segment(g, (k0 + k) / 64);
     const float* slots = reinterpret_cast<const float*>(segment + kSegmentCodeBytes) + 16 * r;
     const __m256 scales[2] = {_mm256_permutevar8x32_ps(_mm256_load_ps(slots), to_rows),
                               _mm256_permutevar8x32_ps(_mm256_load_ps(slots + 8), to_rows)};

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "base/error.h"
 #include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::quant {
@@ -105,57 +106,68 @@ void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xs
   const __m512i ones = _mm512_set1_epi8(1);
   const __m512i low_nibble = _mm512_set1_epi8(0x0f);
   const __m512i byte_in_dword = _mm512_set1_epi32(0x30201000);  // (byte index i) << 4
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
-    __m512 total[kChunksPerOctet];
-    for (auto& t : total) t = _mm512_setzero_ps();
+  // Block by block (the layout's segment order): segment s of each of the block's supergroups in
+  // [g0, g1) in turn, so that the codes stream in order and segment s's tables (3 KiB) come from
+  // L1 for all of them. Each supergroup's fp32 sums wait in `totals` meanwhile.
+  ECOM_CHECK(L.block >= 1 && L.block <= kVbmiSegmentBlock, "nf4 decode layout: block ", L.block);
+  alignas(64) float totals[kVbmiSegmentBlock][kDecodeRows];
+  for (int64_t b0 = g0; b0 < g1;) {
+    const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
+    std::fill(&totals[0][0], &totals[0][0] + (b1 - b0) * kDecodeRows, 0.0f);
     for (int64_t s = 0; s < segments; ++s) {
-      const uint8_t* segment = group + s * kSegmentBytes;
-      __m512i acc[kChunksPerOctet][D];
-      for (auto& a : acc)
-        for (auto& d : a) d = _mm512_setzero_si512();
-      for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
-        const int8_t* t = tables + (s * kOctetsPerSegment + oo) * kOctetBytes;
-        __m512i tab[D][2];
-        for (int d = 0; d < D; ++d)
-          for (int h = 0; h < 2; ++h) tab[d][h] = _mm512_load_si512(t + d * 128 + h * 64);
-        const uint8_t* chunk = segment + oo * 256;
-        // One line ahead per line read; the last octet also covers the segment's scale lines.
-        for (int l = 0; l < kChunksPerOctet; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
-        if (oo == kOctetsPerSegment - 1)
+      const __m512 xs = _mm512_set1_ps(xscale[s]);
+      for (int64_t g = b0; g < b1; ++g) {
+        const uint8_t* segment = L.segment(g, s);
+        __m512i acc[kChunksPerOctet][D];
+        for (auto& a : acc)
+          for (auto& d : a) d = _mm512_setzero_si512();
+        for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
+          const int8_t* t = tables + (s * kOctetsPerSegment + oo) * kOctetBytes;
+          __m512i tab[D][2];
+          for (int d = 0; d < D; ++d)
+            for (int h = 0; h < 2; ++h) tab[d][h] = _mm512_load_si512(t + d * 128 + h * 64);
+          const uint8_t* chunk = segment + oo * 256;
+          // One line ahead per line read; the last octet also covers the segment's scale lines.
           for (int l = 0; l < kChunksPerOctet; ++l)
-            _mm_prefetch(reinterpret_cast<const char*>(chunk) + 256 + kPrefetchBytes + 64 * l, _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
+          if (oo == kOctetsPerSegment - 1)
+            for (int l = 0; l < kChunksPerOctet; ++l)
+              _mm_prefetch(reinterpret_cast<const char*>(chunk) + 256 + kPrefetchBytes + 64 * l, _MM_HINT_T1);
 #pragma GCC unroll 4
-        for (int64_t r = 0; r < kChunksPerOctet; ++r) {
-          const __m512i c = _mm512_load_si512(chunk + r * 64);
-          const __m512i lo = _mm512_ternarylogic_epi32(c, low_nibble, byte_in_dword, 0xEA);  // (c & 15) | i << 4
-          const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(c, 4), low_nibble, byte_in_dword, 0xEA);
+          for (int64_t r = 0; r < kChunksPerOctet; ++r) {
+            const __m512i c = _mm512_load_si512(chunk + r * 64);
+            const __m512i lo = _mm512_ternarylogic_epi32(c, low_nibble, byte_in_dword, 0xEA);  // (c & 15) | i << 4
+            const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(c, 4), low_nibble, byte_in_dword, 0xEA);
 #pragma GCC unroll 3
-          for (int d = 0; d < D; ++d) {
-            acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(hi, tab[d][0]));
-            acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(lo, tab[d][1]));
+            for (int d = 0; d < D; ++d) {
+              acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(hi, tab[d][0]));
+              acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(lo, tab[d][1]));
+            }
           }
         }
+        const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
+        float* total = totals[g - b0];
+        for (int64_t r = 0; r < kChunksPerOctet; ++r) {
+          // Digit sums of 64 columns: |sum q| <= 64 x 2^23, exact in int32.
+          __m512i q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][1], 8), acc[r][0]);
+          if constexpr (D == 3) q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), q);
+          const __m512 scale = _mm512_mul_ps(_mm512_load_ps(absmax + r * 16), xs);
+          _mm512_store_ps(total + r * 16,
+                          _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), scale, _mm512_load_ps(total + r * 16)));
+        }
       }
-      const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
-      const __m512 xs = _mm512_set1_ps(xscale[s]);
+    }
+    for (int64_t g = b0; g < b1; ++g)
       for (int64_t r = 0; r < kChunksPerOctet; ++r) {
-        // Digit sums of 64 columns: |sum q| <= 64 x 2^23, exact in int32.
-        __m512i q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][1], 8), acc[r][0]);
-        if constexpr (D == 3) q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), q);
-        total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(_mm512_load_ps(absmax + r * 16), xs), total[r]);
+        const int64_t first = g * kDecodeRows + r * 16;
+        if (first >= L.rows) break;
+        const int64_t live_rows = std::min<int64_t>(16, L.rows - first);
+        const __mmask16 live = static_cast<__mmask16>(live_rows == 16 ? 0xffff : (1u << live_rows) - 1u);
+        __m512 out = _mm512_load_ps(totals[g - b0] + r * 16);
+        if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(live, bias + first));
+        _mm512_mask_storeu_ps(y + first, live, out);
       }
-    }
-    for (int64_t r = 0; r < kChunksPerOctet; ++r) {
-      const int64_t first = g * kDecodeRows + r * 16;
-      if (first >= L.rows) break;
-      const int64_t live_rows = std::min<int64_t>(16, L.rows - first);
-      const __mmask16 live = static_cast<__mmask16>(live_rows == 16 ? 0xffff : (1u << live_rows) - 1u);
-      __m512 out = total[r];
-      if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(live, bias + first));
-      _mm512_mask_storeu_ps(y + first, live, out);
-    }
+    b0 = b1;
   }
 }
 
@@ -178,11 +190,10 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
 }
 
 void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel) {
-  const int64_t segments = L.cols / 64, g = n0 / kDecodeRows, first_chunk = (n0 % kDecodeRows) / 16;
+  const int64_t g = n0 / kDecodeRows, first_chunk = (n0 % kDecodeRows) / 16;
   const __m512 codes = _mm512_loadu_ps(code);
-  const uint8_t* group = L.data.as<uint8_t>() + g * segments * kSegmentBytes;
   for (int64_t k = 0; k < kc; k += 64) {
-    const uint8_t* segment = group + (k0 + k) / 64 * kSegmentBytes;
+    const uint8_t* segment = L.segment(g, (k0 + k) / 64);
     const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
     for (int64_t h = 0; h < 2; ++h) {  // rows n0 + 16 h .. + 15: chunk first_chunk + h of each octet
       const __m512 scales = _mm512_load_ps(absmax + (first_chunk + h) * 16);

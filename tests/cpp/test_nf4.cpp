@@ -379,7 +379,8 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
   struct KindAt { DecodeLayoutKind kind; SimdLevel level; };
   const KindAt kinds[] = {{DecodeLayoutKind::kVbmi, SimdLevel::AVX512}, {DecodeLayoutKind::kAvx2, SimdLevel::AVX2}};
   for (const Case c : {Case{1, 3, 64, 64, false}, Case{2, 65, 4096, 64, true}, Case{3, 130, 192, 128, true},
-                       Case{1, 64, 8192, 4096, true}, Case{2, 200, 640, 64, true}}) {
+                       Case{1, 64, 8192, 4096, true}, Case{2, 200, 640, 64, true},
+                       Case{2, 64 * 19 + 5, 128, 64, true}}) {  // 20 supergroups: blocks of 8, 8, 4
     const Weight w = make_weight(c.N, c.K, c.bs, c.dq, 53);
     ASSERT_TRUE(nf4_decode_layout_supported(w.m));
     const std::vector<double> wd = dense(w.m);
@@ -432,6 +433,41 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
   EXPECT_THROW(nf4_build_decode_layout(wide.m), ValueError);
 }
 
+// Where the bytes go: kVbmi segments in blocks of kVbmiSegmentBlock supergroups, segment-major
+// within a block (the last block shorter), so that a block's walk (segments outer, supergroups
+// inner) reads the data in order; kAvx2 supergroup-major. Within a kVbmi segment, row 64 g + 16 r
+// + j's dword for octet o at o * 256 + 64 r + 4 j, its block scale at kSegmentCodeBytes + 4 (16 r + j).
+TEST(NF4DecodeLayout, SegmentsGoInBlocksOfSupergroups) {
+  const int64_t N = 64 * 19 + 5, K = 192, segments = K / 64;  // 20 supergroups: blocks of 8, 8, 4
+  const Weight w = make_weight(N, K, 64, true, 83);
+  const NF4DecodeLayout L = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi);
+  const NF4DecodeLayout A = nf4_build_decode_layout(w.m, DecodeLayoutKind::kAvx2);
+  ASSERT_EQ(L.block, kVbmiSegmentBlock);
+  EXPECT_EQ(A.block, 1);
+  ASSERT_EQ(L.nbytes(), L.supergroups * segments * kSegmentBytes);
+  int64_t expected = 0;
+  for (int64_t b0 = 0; b0 < L.supergroups; b0 += L.block)
+    for (int64_t s = 0; s < segments; ++s)
+      for (int64_t g = b0; g < std::min(L.supergroups, b0 + L.block); ++g, expected += kSegmentBytes)
+        EXPECT_EQ(L.segment_offset(g, s), expected) << "g=" << g << " s=" << s;
+  EXPECT_EQ(expected, L.nbytes());
+  for (int64_t g = 0; g < A.supergroups; ++g)
+    for (int64_t s = 0; s < segments; ++s) EXPECT_EQ(A.segment_offset(g, s), (g * segments + s) * kSegmentBytes);
+  for (const int64_t row : {int64_t{0}, int64_t{17}, int64_t{64 * 8 + 33}, N - 1}) {
+    const int64_t g = row / 64, r = row % 64 / 16, j = row % 16;
+    for (int64_t s = 0; s < segments; ++s) {
+      const uint8_t* segment = L.segment(g, s);
+      for (int64_t o = 0; o < 8; ++o)
+        EXPECT_EQ(0, std::memcmp(segment + o * 256 + 64 * r + 4 * j, w.m.packed + row * K / 2 + 4 * (8 * s + o), 4))
+            << "row " << row << " segment " << s << " octet " << o;
+      float scale = 0, stored = 0;
+      w.m.block_scales((row * K + 64 * s) / 64, (row * K + 64 * s) / 64 + 1, &scale);
+      std::memcpy(&stored, segment + kSegmentCodeBytes + 4 * (16 * r + j), 4);
+      EXPECT_EQ(stored, scale) << "row " << row << " segment " << s;
+    }
+  }
+}
+
 // A weight whose owner released its packed codes: the layout restores them byte for byte, and
 // the products give the same bits as with the codes held: the GEMM (40 rows: W panels decoded
 // from the layout, or restored codes on AMX) as on bitsandbytes' layout, the backward from
@@ -441,7 +477,7 @@ TEST(NF4DecodeLayout, RestoresPackedCodesForReleasedWeights) {
   struct KindAt { DecodeLayoutKind kind; SimdLevel level; };
   for (const KindAt k : {KindAt{DecodeLayoutKind::kVbmi, SimdLevel::AVX512}, KindAt{DecodeLayoutKind::kAvx2,
                                                                                    SimdLevel::AVX2}})
-  for (const int64_t N : {1, 65, 130}) {
+  for (const int64_t N : {1, 65, 130, 64 * 19 + 5}) {
     if (cpu_features().best_level() < k.level) continue;
     set_simd_level(k.level);  // the level whose kernels read this kind (GEMM panels, the table kernel)
     const Weight w = make_weight(N, 192, 64, true, 71);

@@ -1,0 +1,105 @@
+// How many 512-bit operations per cycle a core runs, for the mixes the exact M = 1 table kernel
+// (csrc/quant/nf4_decode_layout_avx512vbmi.cpp) is made of: the arithmetic behind its ceiling.
+// Register-only loops, 8 independent chains per mix, no memory traffic; the median of 9 runs in
+// TSC ticks per set (one set = the listed instructions once), and in units of one 512-bit FMA.
+//
+//   g++ -O2 -march=native -o /tmp/op_mix benchmarks/probes/op_mix_throughput.cpp && /tmp/op_mix
+//
+// Needs AVX-512 VBMI + VNNI. Each mix is inline asm over fixed registers (chain k: zmm k and zmm 1k,
+// i.e. 10 + k; the kernel's chunk: zmm0-23; constants zmm25-31), so the compiler can neither drop
+// nor reorder the work; all vector registers are declared clobbered. Results are in
+// benchmarks/README.md ("sixth session").
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+
+#define CLOBBERS                                                                                                 \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",      \
+      "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", \
+      "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
+// SET(k) expands to one set of a mix for chain k (k < 8): its value in zmm k, its sum in zmm 1k.
+#define X8(SET) SET(0) SET(1) SET(2) SET(3) SET(4) SET(5) SET(6) SET(7)
+
+constexpr long kIterations = 100000;
+// This VM's TSC (dmesg: "tsc: Detected 2596.128 MHz"); set yours to read the GB/s line.
+constexpr double kTscGhz = 2.596;
+
+template <class Loop>
+double ticks_per_set(Loop loop) {
+  double runs[9];
+  for (double& r : runs) {
+    const uint64_t t0 = __rdtsc();
+    loop();
+    r = static_cast<double>(__rdtsc() - t0) / kIterations / 8;
+  }
+  std::sort(runs, runs + 9);
+  return runs[4];
+}
+
+#define MIX(name, SET)                                                                              \
+  {                                                                                                 \
+    const double t = ticks_per_set([] {                                                             \
+      for (long i = 0; i < kIterations; ++i) asm volatile(X8(SET)::: "memory", CLOBBERS);          \
+    });                                                                                             \
+    if (unit == 0) unit = t;                                                                        \
+    std::printf("%-58s %5.2f ticks  %5.2f FMA\n", name, t, t / unit);                               \
+  }
+
+// One chain's set for each mix (k: 0..7). The lookups chain through A (index = previous result),
+// so they cannot be hoisted; the sums accumulate into S.
+#define FMA(k) "vfmadd231ps %%zmm30, %%zmm31, %%zmm" #k "\n\t"
+#define PERMB(k) "vpermb %%zmm30, %%zmm" #k ", %%zmm" #k "\n\t"
+#define DPBUSD(k) "vpdpbusd %%zmm30, %%zmm31, %%zmm" #k "\n\t"
+#define ADDD(k) "vpaddd %%zmm30, %%zmm" #k ", %%zmm" #k "\n\t"
+#define PERMB_DPBUSD(k) PERMB(k) "vpdpbusd %%zmm31, %%zmm" #k ", %%zmm1" #k "\n\t"
+#define PERMB_ADDB(k) PERMB(k) "vpaddb %%zmm" #k ", %%zmm1" #k ", %%zmm1" #k "\n\t"
+#define PERMB_ADDD(k) PERMB(k) "vpaddd %%zmm" #k ", %%zmm1" #k ", %%zmm1" #k "\n\t"
+#define PERMB_TERNLOG(k) PERMB(k) "vpternlogd $0xEA, %%zmm" #k ", %%zmm31, %%zmm1" #k "\n\t"
+// The kernel's whole 64-byte chunk, 4 chunks in flight as in its octet loop (registers: lo, hi, a
+// scratch and 3 digit accumulators per chunk): the code load, the index preparation (the high
+// nibbles shifted down, each index's byte position or-ed in), 6 lookups, 6 digit sums.
+#define CHUNK(LO, HI, TMP, A0, A1, A2)                                   \
+  "vmovdqa64 (%[codes]), %%zmm" #LO "\n\t"                              \
+  "vpsrlw $4, %%zmm" #LO ", %%zmm" #HI "\n\t"                           \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #HI "\n\t"                \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"                \
+  "vpermb %%zmm28, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
+  "vpermb %%zmm29, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
+  "vpermb %%zmm30, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
+  "vpermb %%zmm28, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
+  "vpermb %%zmm29, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A2 "\n\t"                   \
+  "vpermb %%zmm30, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A2 "\n\t"
+#define FOUR_CHUNKS                                                      \
+  CHUNK(0, 1, 2, 3, 4, 5) CHUNK(6, 7, 8, 9, 10, 11) CHUNK(12, 13, 14, 15, 16, 17) CHUNK(18, 19, 20, 21, 22, 23)
+
+alignas(64) static uint8_t chunk_codes[64];
+
+int main() {
+  double unit = 0;
+  MIX("vfmadd231ps (the unit)", FMA)
+  MIX("vpermb (64-entry byte lookup)", PERMB)
+  MIX("vpdpbusd (4-byte dot product into int32)", DPBUSD)
+  MIX("vpaddd", ADDD)
+  MIX("vpermb + vpdpbusd (a lookup and its digit sum)", PERMB_DPBUSD)
+  MIX("vpermb + vpaddb (a lookup and the cheapest byte sum)", PERMB_ADDB)
+  MIX("vpermb + vpaddd", PERMB_ADDD)
+  MIX("vpermb + vpternlogd", PERMB_TERNLOG)
+  {
+    const double t = ticks_per_set([] {
+      for (long i = 0; i < kIterations; ++i)
+        asm volatile(FOUR_CHUNKS::[codes] "r"(chunk_codes) : "memory", CLOBBERS);
+    }) * 8 / 4;  // ticks_per_set divides by 8 sets; this loop runs 4 chunks
+    std::printf("%-58s %5.2f ticks  %5.2f FMA  -> %.1f GB/s for 2 cores at %.3f GHz TSC\n",
+                "the kernel's chunk: load, 3 index ops, 6 vpermb, 6 vpdpbusd", t, t / unit,
+                2 * 64 / t * kTscGhz, kTscGhz);
+  }
+  return 0;
+}
