@@ -36,8 +36,7 @@ constexpr int64_t kChunkBytes = 512;           // one chunk's 8 octets of a segm
 constexpr int kDigits = 4;                     // 6-bit digits of u
 constexpr int64_t kDigitTableBytes = 128;      // per octet and digit: 4 tables of 2 lanes
 constexpr int32_t kProductBias = 1 << 23;      // u = q + 2^23
-// Software prefetch distance in the stream (T1), one line per line read: as the VBMI kernel's.
-constexpr int64_t kPrefetchBytes = 16384;
+constexpr int64_t kPrefetchBytes = kDecodePrefetchBytes;
 
 // Byte offset, within an octet's 128-byte digit tables, of column jj's (< 8) 16-byte table: the 4
 // tables are [col 0 | col 2], [col 1 | col 3], [col 4 | col 6], [col 5 | col 7] -- high and low

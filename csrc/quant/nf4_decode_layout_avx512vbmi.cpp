@@ -26,10 +26,7 @@ namespace {
 
 constexpr int64_t kChunksPerOctet = kDecodeRows / 16;  // 4
 constexpr int64_t kOctetsPerSegment = 8;               // 64 columns: one block scale
-// Software prefetch distance in the stream (T1: to L2 and up), one line per line read. Measured on
-// Zen 4 streaming 1 GiB of 4096 x 4096 weights with 2 threads: 16-32 KiB best, 8 KiB -15%; T1 a
-// few % faster than T2; T0 4 KiB ahead -30% (one core keeps few L1 misses in flight).
-constexpr int64_t kPrefetchBytes = 16384;
+constexpr int64_t kPrefetchBytes = kDecodePrefetchBytes;
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/cpu_features.h"
+#include "base/parallel.h"
 #include "quant/amx_tiles.h"
 #include "quant/bf16_pairs.h"
 #include "quant/nf4.h"
@@ -466,6 +467,24 @@ TEST(NF4DecodeLayout, SegmentsGoInBlocksOfSupergroups) {
       EXPECT_EQ(stored, scale) << "row " << row << " segment " << s;
     }
   }
+}
+
+// Each thread builds its own tables and walks its share of the supergroups; called from inside a
+// parallel region (one share of all) or single-threaded, the product has the same bits.
+TEST(NF4DecodeLayout, SameBitsFromAnyThreadCount) {
+  DecodeLayoutKind kind;
+  if (!nf4_decode_kind_here(&kind)) GTEST_SKIP() << "no decode kernel at this SIMD level";
+  const int64_t M = 3, N = 64 * 19 + 5, K = 320;
+  const Weight w = make_weight(N, K, 64, true, 89);
+  const NF4DecodeLayout L = nf4_build_decode_layout(w.m, kind);
+  const std::vector<float> x = random_normal(M * K, 97), bias = random_normal(N, 101);
+  std::vector<float> y(M * N), y_inner(2 * M * N, NAN);
+  ASSERT_TRUE(nf4_decode_matmul(L, w.m.code, x.data(), M, bias.data(), y.data()));
+  parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) nf4_decode_matmul(L, w.m.code, x.data(), M, bias.data(), y_inner.data() + t * M * N);
+  });
+  EXPECT_EQ(0, std::memcmp(y.data(), y_inner.data(), y.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(y.data(), y_inner.data() + M * N, y.size() * sizeof(float)));
 }
 
 // A weight whose owner released its packed codes: the layout restores them byte for byte, and
