@@ -44,6 +44,14 @@ void bf16_gemm_tile(int64_t pairs, const uint32_t* xp, const uint32_t* wp, float
 // Backward W tile: w [nc][ldw] fp32, columns [0, kw) -> out [ceil(nc / 2)][ldo] pairs of
 // consecutive rows (columns past kw neither read nor written).
 void bf16_pair_tile_rows(const float* w, int64_t ldw, int64_t nc, int64_t kw, uint32_t* out, int64_t ldo);
+// The same backward W tile straight from NF4 codes in bitsandbytes' layout: rows [n0, n0 + nc) x
+// columns [k0, k0 + kw) of dequant(W) -> out as above, bit for bit what dequantizing into an fp32
+// tile and bf16_pair_tile_rows give (code * block scale in fp32, then rounded), in one pass.
+// Needs W.cols % 32 == 0, k0 % 32 == 0, kw % 32 == 0, kw <= 1024 and n0 + nc <= W.rows (bf16_pair_tile_nf4_fits).
+struct NF4Matrix;
+bool bf16_pair_tile_nf4_fits(const NF4Matrix& W, int64_t n0, int64_t nc, int64_t k0, int64_t kw);
+void bf16_pair_tile_nf4(const NF4Matrix& W, int64_t n0, int64_t nc, int64_t k0, int64_t kw, uint32_t* out,
+                        int64_t ldo);
 // Backward micro-kernel: dx[i * ldx + k] (+)= sum_p dot(dyp[p][i], wp[p * ldw + k]) for i < mv,
 // k < kv, p < pairs; dyp a dy panel [pairs][kBf16GemmTMR].
 void bf16_gemm_t_tile(int64_t pairs, const uint32_t* dyp, const uint32_t* wp, int64_t ldw, float* dx, int64_t ldx,

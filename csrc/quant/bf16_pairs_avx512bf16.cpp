@@ -4,12 +4,14 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #define ECOM_SIMD_AVX512
 #include "base/simd_vec.h"
 #include "quant/bf16_pairs.h"
+#include "quant/nf4_matmul.h"
 
 namespace ecomllm::quant {
 namespace {
@@ -126,6 +128,56 @@ void bf16_pair_tile_rows(const float* w, int64_t ldw, int64_t nc, int64_t kw, ui
       const __m512 o = has_odd ? _mm512_maskz_loadu_ps(m, even + ldw + k) : _mm512_setzero_ps();
       // pair16 interleaves 16 + 16 values into 32 bf16 = 16 pairs: the dwords for columns k .. k + 15.
       _mm512_mask_storeu_epi32(out + p * ldo + k, m, pair16(e, o));
+    }
+  }
+}
+
+bool bf16_pair_tile_nf4_fits(const NF4Matrix& W, int64_t n0, int64_t nc, int64_t k0, int64_t kw) {
+  return W.packed && W.cols % 32 == 0 && k0 % 32 == 0 && kw % 32 == 0 && kw <= 1024 && n0 >= 0 && nc >= 0 &&
+         n0 + nc <= W.rows && k0 + kw <= W.cols;
+}
+
+void bf16_pair_tile_nf4(const NF4Matrix& W, int64_t n0, int64_t nc, int64_t k0, int64_t kw, uint32_t* out,
+                        int64_t ldo) {
+  const int64_t K = W.cols;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(W.blocksize));  // a power of 2
+  const __m512 code = _mm512_loadu_ps(W.code);
+  // A 32-column group of 16 code bytes decodes to its even columns (high nibbles) and odd ones;
+  // cvtne2ps gives E = [a even | b even] and O = [a odd | b odd] (rows a = 2p, b = 2p + 1 of the
+  // pair), and word 2c + r of the output (column c, row r) is E[c / 2 + 16 r] for even c, O[...]
+  // (second source: + 32) for odd c.
+  alignas(64) static const auto kPairWords = [] {
+    struct { uint16_t idx[2][32]; } t{};
+    for (int half = 0; half < 2; ++half)
+      for (int w = 0; w < 32; ++w) {
+        const int c = 16 * half + w / 2, r = w % 2;
+        t.idx[half][w] = static_cast<uint16_t>((c % 2) * 32 + c / 2 + 16 * r);
+      }
+    return t;
+  }();
+  const __m512i words_lo = _mm512_load_si512(kPairWords.idx[0]), words_hi = _mm512_load_si512(kPairWords.idx[1]);
+  float scales[2][1024 / 32 + 1];  // a row's block scales over the tile's columns (blocksize >= 32)
+  for (int64_t p = 0; p < (nc + 1) / 2; ++p) {
+    const int64_t rows = std::min<int64_t>(2, nc - 2 * p);
+    int64_t first_block[2] = {0, 0};
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t start = (n0 + 2 * p + r) * K + k0;
+      first_block[r] = start >> shift;
+      W.block_scales(first_block[r], ((start + kw - 1) >> shift) + 1, scales[r]);
+    }
+    for (int64_t k = 0; k < kw; k += 32) {
+      __m512 even[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, odd[2] = {even[0], even[1]};
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t at = (n0 + 2 * p + r) * K + k0 + k;  // a group lies in one block (blocksize % 32 == 0)
+        const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(scales[r][(at >> shift) - first_block[r]]));
+        const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.packed + at / 2)));
+        even[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut);
+        odd[r] = _mm512_permutexvar_ps(bytes, lut);  // vpermps reads the low 4 bits: the low nibble
+      }
+      const __m512i e = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(even[1], even[0]));
+      const __m512i o = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd[1], odd[0]));
+      _mm512_storeu_si512(out + p * ldo + k, _mm512_permutex2var_epi16(e, words_lo, o));
+      _mm512_storeu_si512(out + p * ldo + k + 16, _mm512_permutex2var_epi16(e, words_hi, o));
     }
   }
 }

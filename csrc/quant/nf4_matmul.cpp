@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "base/buffer.h"
@@ -593,17 +594,30 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
           const int64_t nc = std::min(NC, nb1 - n0);
           const bool acc = accumulate || n0 > 0;
           // Columns past kw are read by the last micro-tile (results dropped): they must be finite.
-          int64_t ldw = 0;
-          const float* w = src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, &ldw);
+          auto fp32_tile = [&](int64_t* ldw) {
+            return src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, ldw);
+          };
           if (pairs) {
+            // NF4 codes become pairs in one pass where the tile's shape allows (the same bits).
             uint32_t* wp = pair_tile.as<uint32_t>();
-            bf16_pair_tile_rows(w, ldw, nc, kw, wp, KW);
+            bool direct = false;
+            if constexpr (std::is_same_v<Source, NF4Source>) {
+              direct = bf16_pair_tile_nf4_fits(src.W, n0, nc, k0, kw);
+              if (direct) bf16_pair_tile_nf4(src.W, n0, nc, k0, kw, wp, KW);
+            }
+            if (!direct) {
+              int64_t ldw = 0;
+              const float* w = fp32_tile(&ldw);
+              bf16_pair_tile_rows(w, ldw, nc, kw, wp, KW);
+            }
             for (int64_t m0 = m_begin; m0 < m_end; m0 += MR)
               for (int64_t kk = 0; kk < kw; kk += KR)
                 bf16_gemm_t_tile((nc + 1) / 2, dy_pairs + (m0 / MR * col_pairs + (n0 - nb0) / 2) * MR, wp + kk, KW,
                                  dx + m0 * K + k0 + kk, K, static_cast<int>(std::min(MR, m_end - m0)),
                                  static_cast<int>(std::min(KR, kw - kk)), acc);
           } else {
+            int64_t ldw = 0;
+            const float* w = fp32_tile(&ldw);
             apply_tile(nc, dyp, cols, n0 - nb0, w, ldw, acc);
           }
         }

@@ -710,6 +710,38 @@ double bf16_round(float v) {
 // accuracy (1e-5 of max |y|), while lying ~1e-3 away from the fp32 product (the setting acts). Odd
 // K, N and M (partial micro-tiles, odd pair counts, K chunks), the low-rank terms (kept fp32), and
 // accumulate; NF4 and dense fp32 weights.
+// The backward's NF4 W tile as bf16 pairs in one pass: bit for bit what dequantizing into an fp32
+// tile and pairing its rows give, for plain and double-quantized scales, blocks shorter and longer
+// than the tile and blocks that start mid-row (K = 320, blocksize 256), odd row counts.
+TEST(Bf16Pairs, Nf4TileInOnePassEqualsDecodeThenPair) {
+  if (!cpu_features().avx512_bf16 || cpu_features().best_level() != SimdLevel::AVX512)
+    GTEST_SKIP() << "no AVX512-BF16 here";
+  const int64_t N = 300, K = 320, ldo = 160;
+  for (const int64_t bs : {32, 64, 256})
+    for (const bool dq : {false, true}) {
+      const Weight w = make_weight(N, K, bs, dq, 113);
+      for (const int64_t n0 : {0, 37})
+        for (const int64_t nc : {1, 2, 7, 256})
+          for (const int64_t k0 : {0, 32, 96})
+            for (const int64_t kw : {32, 128}) {
+              ASSERT_TRUE(bf16_pair_tile_nf4_fits(w.m, n0, nc, k0, kw));
+              std::vector<float> fp32(static_cast<size_t>(nc * kw));
+              nf4_dequant_tile_generic(w.m, n0, n0 + nc, k0, k0 + kw, fp32.data(), kw);
+              std::vector<uint32_t> expect(static_cast<size_t>((nc + 1) / 2 * ldo), 0xDEADBEEF), got = expect;
+              bf16_pair_tile_rows(fp32.data(), kw, nc, kw, expect.data(), ldo);
+              bf16_pair_tile_nf4(w.m, n0, nc, k0, kw, got.data(), ldo);
+              ASSERT_EQ(expect, got) << "bs=" << bs << " dq=" << dq << " n0=" << n0 << " nc=" << nc << " k0=" << k0
+                                     << " kw=" << kw;
+            }
+    }
+  const Weight odd = make_weight(8, 40, 32, false, 7);
+  EXPECT_FALSE(bf16_pair_tile_nf4_fits(odd.m, 0, 8, 0, 32));  // K % 32 != 0: the two-step path
+  const Weight w = make_weight(8, 64, 32, false, 7);
+  EXPECT_FALSE(bf16_pair_tile_nf4_fits(w.m, 0, 8, 16, 32));
+  EXPECT_FALSE(bf16_pair_tile_nf4_fits(w.m, 0, 8, 0, 48));
+  EXPECT_FALSE(bf16_pair_tile_nf4_fits(w.m, 4, 8, 0, 32));
+}
+
 TEST(Bf16Pairs, MediumPrecisionMultipliesRoundedOperands) {
   if (!cpu_features().avx512_bf16 || cpu_features().best_level() != SimdLevel::AVX512)
     GTEST_SKIP() << "no AVX512-BF16 here";
