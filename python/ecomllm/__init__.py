@@ -78,7 +78,7 @@ def set_float32_matmul_precision(precision: str) -> None:
       AVX-512 CPUs with AVX512-BF16 (``cpu_info()["bf16_products"]``: Zen 4, Cooper Lake, and
       Sapphire Rapids below AMX's 32 rows) the tiled products -- the forward GEMM past the few-row
       kernels, and every ``matmul_t`` -- use VDPBF16PS: measured on Zen 4 (2 threads, NF4 4096 x
-      4096, 128 rows) 1.7-1.8x the fp32 forward and ~1.5x the backward. The few-row kernels
+      4096, 128 rows) 1.7-1.8x the fp32 forward and ~1.7x the backward. The few-row kernels
       (M = 1 decoding and the like) stay exact.
 
     Where neither runs (AVX2, scalar) products stay fp32 at every setting.
