@@ -111,7 +111,6 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kin
 
 void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
   const int64_t K = L.cols, segments = K / 64, row_bytes = K / 2;
-  const uint8_t* data = L.data.as<uint8_t>();
   if (L.kind == DecodeLayoutKind::kAvx2) {
     // A chunk's octet is a 4 x 16 byte matrix (byte i of 16 rows' dwords, i < 4): two rounds of
     // SSE2 unpacks transpose it into the 16 dwords, which go to their rows (a byte loop costs
@@ -147,7 +146,7 @@ void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed) {
       for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < L.rows; ++r) {
         uint8_t* dst = packed + (g * kDecodeRows + r) * row_bytes;
         for (int64_t s = 0; s < segments; ++s) {
-          const uint8_t* segment = data + L.segment_offset(g, s);
+          const uint8_t* segment = L.segment(g, s);
           for (int64_t o = 0; o < 8; ++o)  // kVbmi: the row's dword is contiguous
             std::memcpy(dst + 4 * (8 * s + o), segment + code_offset(L.kind, r, o, 0), 4);
         }

@@ -121,7 +121,6 @@ void nf4_decode_rows_avx2(const NF4DecodeLayout& L, const uint8_t* tables, const
   const __m256i digit_weights = _mm256_set1_epi32(0x00400001);  // int16 pairs (1, 64)
   const __m256i u_bias = _mm256_set1_epi32(64 * kProductBias);  // 64 columns of u = q + 2^23
   for (int64_t g = g0; g < g1; ++g) {
-
     __m256 total[kChunks][2];  // rows in avx2_scale_slot order
     for (auto& t : total) t[0] = t[1] = _mm256_setzero_ps();
     for (int64_t s = 0; s < segments; ++s) {

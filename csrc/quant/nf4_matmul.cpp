@@ -8,7 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
-#include <type_traits>
+#include <concepts>
 #include <vector>
 
 #include "base/buffer.h"
@@ -99,6 +99,13 @@ struct NF4Source {
     zero_edges(n1 - n0, k1 - k0, rows, cols, scratch, ld_scratch);
     *ld = ld_scratch;
     return scratch;
+  }
+  // The backward's tile at "medium" as bf16 pairs straight from the codes (bf16_pair_tile_nf4),
+  // where its shape allows; false: the caller decodes an fp32 tile and pairs it (the same bits).
+  bool pair_tile(int64_t n0, int64_t nc, int64_t k0, int64_t kw, uint32_t* out, int64_t ldo) const {
+    if (!bf16_pair_tile_nf4_fits(W, n0, nc, k0, kw)) return false;
+    bf16_pair_tile_nf4(W, n0, nc, k0, kw, out, ldo);
+    return true;
   }
   // Rows [nv, rows) and columns [kv, cols) of a tile in scratch are zeroed (finite padding).
   static void zero_edges(int64_t nv, int64_t kv, int64_t rows, int64_t cols, float* t, int64_t ld) {
@@ -508,6 +515,13 @@ void gemm(const NF4Kernels& kern, const float* x, int64_t M, int64_t N, int64_t 
   gemm_tiled(kern, x, M, N, K, src, bias, y, extra);
 }
 
+// Sources that write the backward's bf16 pair tiles themselves (NF4Source::pair_tile).
+template <typename Source>
+concept PairTileSource = requires(const Source& s, uint32_t* out) {
+  { s.pair_tile(int64_t{0}, int64_t{0}, int64_t{0}, int64_t{0}, out, int64_t{0}) } -> std::same_as<bool>;
+};
+static_assert(PairTileSource<NF4Source> && !PairTileSource<F32Source>);
+
 // dx[M, K] (+)= dy[M, N] W for a tile source over W[N, K].
 template <typename Source>
 void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64_t K, const Source& src, float* dx,
@@ -598,13 +612,9 @@ void gemm_t(const NF4Kernels& kern, const float* dy, int64_t M, int64_t N, int64
             return src.tile(n0, n0 + nc, k0, k0 + kw, nc, round_up(kw, KR), tile.as<float>(), KW, ldw);
           };
           if (pairs) {
-            // NF4 codes become pairs in one pass where the tile's shape allows (the same bits).
             uint32_t* wp = pair_tile.as<uint32_t>();
             bool direct = false;
-            if constexpr (std::is_same_v<Source, NF4Source>) {
-              direct = bf16_pair_tile_nf4_fits(src.W, n0, nc, k0, kw);
-              if (direct) bf16_pair_tile_nf4(src.W, n0, nc, k0, kw, wp, KW);
-            }
+            if constexpr (PairTileSource<Source>) direct = src.pair_tile(n0, nc, k0, kw, wp, KW);
             if (!direct) {
               int64_t ldw = 0;
               const float* w = fp32_tile(&ldw);
