@@ -953,7 +953,7 @@ class Bench:
                     d["held_bytes_per_matrix_codes_released"] for d in gd.values()) / weights
                 res["decode_layout_bits_per_weight"] = 8.0 * sum(
                     d["extra_bytes_per_matrix"] for d in gd.values()) / weights
-                # the bytes that kernel actually streams (codes + fp32 block scales), for context
+                # the bytes that kernel actually streams (codes + block scales as stored), for context
                 res["gemv_streamed_gbs"] = sum(d["extra_bytes_per_matrix"] for d in gd.values()) / \
                     sum(d["ms_per_call_median"] * 1e-3 for d in gd.values()) / 1e9
                 if bw:
@@ -1068,7 +1068,8 @@ DEFINITIONS = {
                    "codes out on this CPU (AVX-512 VBMI + VNNI, or the avx2 level), with the kernel that "
                    "read it (ecomllm.cpu_info()['decode_kernel']), else bitsandbytes'",
     "gemv_streamed_gbs": "bytes per second the default path's kernel actually streams where it is the decode layout "
-                         "(codes + fp32 block scales: decode_layout_bits_per_weight), where gemv_gbs counts the NF4 "
+                         "(codes + block scales: 8-bit codes in the VBMI layout of a double-quantized weight, else fp32; "
+                         "decode_layout_bits_per_weight), where gemv_gbs counts the NF4 "
                          "state's bytes (nf4_held_bits_per_weight); gemv_streamed_vs_bandwidth: how close the stream "
                          "comes to read_bandwidth_gbs (context; the target is on gemv_vs_bandwidth)",
     "gemv_int16_layout": "which layout the opt-in int16-activation kernel (gemv_int16_*) ran on: the decode layout "

@@ -5,11 +5,13 @@
 #include <emmintrin.h>  // SSE2: baseline x86-64
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <vector>
 
 #include "base/error.h"
 #include "base/parallel.h"
+#include "quant/nf4.h"
 
 namespace ecomllm::quant {
 
@@ -58,9 +60,9 @@ void prefetch_walk_start(const NF4DecodeLayout& L, int64_t g0, int64_t g1) {
   for (int64_t b0 = g0; b0 < g1 && left > 0;) {
     const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
     for (int64_t s = 0; s < L.cols / 64 && left > 0; ++s)
-      for (int64_t g = b0; g < b1 && left > 0; ++g, left -= kSegmentBytes) {
+      for (int64_t g = b0; g < b1 && left > 0; ++g, left -= L.segment_bytes) {
         const char* segment = reinterpret_cast<const char*>(L.segment(g, s));
-        for (int64_t line = 0; line < kSegmentBytes; line += 64) _mm_prefetch(segment + line, _MM_HINT_T1);
+        for (int64_t line = 0; line < L.segment_bytes; line += 64) _mm_prefetch(segment + line, _MM_HINT_T1);
       }
     b0 = b1;
   }
@@ -74,34 +76,77 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
   return nf4_build_decode_layout(W, kind);
 }
 
+bool nf4_decode_scales_u8_supported(const NF4Matrix& W) {
+  if (!W.qabsmax || !nf4_decode_layout_supported(W)) return false;
+  // The elements from a chunk's window start to its last row's segment: (2^shift - 1) + 15 K.
+  const int shift = std::countr_zero(static_cast<uint64_t>(W.blocksize * kNestedBlocksize));
+  const int64_t span = (int64_t{1} << shift) - 1 + 15 * W.cols;
+  return span < (int64_t{1} << 31) && (span >> shift) < kNestedWindow;
+}
+
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kind) {
+  const bool u8 = kind == DecodeLayoutKind::kVbmi && nf4_decode_scales_u8_supported(W);
+  return nf4_build_decode_layout(W, kind, u8 ? DecodeScales::kU8 : DecodeScales::kF32);
+}
+
+NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kind, DecodeScales scales) {
   W.validate();
   ECOM_CHECK_ARG(nf4_decode_layout_supported(W), "NF4 decode layout: needs in_features and the blocksize to be ",
                  "multiples of 64 and code-book values in [-1, 1], got ", W.cols, " and ", W.blocksize);
+  const bool u8 = scales == DecodeScales::kU8;
+  ECOM_CHECK_ARG(!u8 || (kind == DecodeLayoutKind::kVbmi && nf4_decode_scales_u8_supported(W)),
+                 "NF4 decode layout: 8-bit scale codes need the VBMI kind and a double-quantized weight whose ",
+                 "rows' nested scales fit the kernel's window, got in_features ", W.cols, ", blocksize ", W.blocksize,
+                 W.qabsmax ? "" : ", plain fp32 scales");
   NF4DecodeLayout L;
   L.rows = W.rows;
   L.cols = W.cols;
   L.supergroups = (W.rows + kDecodeRows - 1) / kDecodeRows;
   L.kind = kind;
   L.block = kind == DecodeLayoutKind::kVbmi ? kVbmiSegmentBlock : 1;
+  L.scales = scales;
+  L.segment_bytes = u8 ? kSegmentBytesU8 : kSegmentBytes;
   const int64_t K = W.cols, segments = K / 64, row_bytes = K / 2;
-  L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * kSegmentBytes), true);
+  if (u8) {
+    L.offset = W.offset;
+    L.nested_shift = std::countr_zero(static_cast<uint64_t>(W.blocksize * kNestedBlocksize));
+    // Windows start at most at the nested scale of the padded last supergroup's rows.
+    const int64_t nested_count = (W.num_blocks() + kNestedBlocksize - 1) / kNestedBlocksize;
+    const int64_t reach = ((L.supergroups * kDecodeRows * K - 1) >> L.nested_shift) + 1;
+    L.nested = AlignedBuffer(sizeof(float) * static_cast<size_t>(std::max(nested_count, reach) + kNestedWindow), true);
+    std::memcpy(L.nested.data(), W.nested_absmax, sizeof(float) * static_cast<size_t>(nested_count));
+    L.map_planes = AlignedBuffer(4 * 256);
+    uint8_t* planes = L.map_planes.as<uint8_t>();
+    for (int64_t c = 0; c < 256; ++c) {
+      uint32_t bits;
+      std::memcpy(&bits, W.nested_code + c, 4);
+      for (int64_t p = 0; p < 4; ++p) planes[256 * p + c] = static_cast<uint8_t>(bits >> (8 * p));
+    }
+  }
+  L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * L.segment_bytes), true);
   uint8_t* data = L.data.as<uint8_t>();
   parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> row_scales;  // the blocks a row touches, decoded in one call
+    std::vector<float> row_scales;  // the blocks a row touches, decoded in one call (kF32)
     for (int64_t g = g0; g < g1; ++g) {
       for (int64_t r = 0; r < kDecodeRows && g * kDecodeRows + r < W.rows; ++r) {
         const int64_t row = g * kDecodeRows + r;
         const uint8_t* src = W.packed + row * row_bytes;  // K % 8 == 0: rows start on a dword
         const int64_t b0 = row * K / W.blocksize, b1 = (row * K + K - 1) / W.blocksize + 1;
-        row_scales.resize(static_cast<size_t>(b1 - b0));
-        W.block_scales(b0, b1, row_scales.data());
+        if (!u8) {
+          row_scales.resize(static_cast<size_t>(b1 - b0));
+          W.block_scales(b0, b1, row_scales.data());
+        }
         for (int64_t s = 0; s < segments; ++s) {
           uint8_t* segment = data + L.segment_offset(g, s);
           for (int64_t o = 0; o < 8; ++o)
             copy_dword(kind, r, o, src + 4 * (8 * s + o), segment);
-          const float scale = row_scales[static_cast<size_t>((row * K + 64 * s) / W.blocksize - b0)];
-          std::memcpy(segment + scale_offset(kind, r), &scale, 4);
+          const int64_t b = (row * K + 64 * s) / W.blocksize;
+          if (u8) {
+            segment[kSegmentCodeBytes + u8_scale_slot(r)] = W.qabsmax[b];
+          } else {
+            const float scale = row_scales[static_cast<size_t>(b - b0)];
+            std::memcpy(segment + scale_offset(kind, r), &scale, 4);
+          }
         }
       }
     }

@@ -1,6 +1,6 @@
 // An NF4 matrix's codes (and block scales) laid out for the product-table kernels: exact (~3e-7 of
-// fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed, ~4.5 bits per
-// weight. Two kernels, each with its own byte order (DecodeLayoutKind): AVX-512 with VBMI and VNNI
+// fp32 dequantize-then-matmul) token-by-token decoding at close to memory speed, ~4.13 bits per
+// weight (8-bit scale codes, DecodeScales::kU8) or 4.5 (fp32 scales). Two kernels, each with its own byte order (DecodeLayoutKind): AVX-512 with VBMI and VNNI
 // (64-entry vpermb tables, digit sums by vpdpbusd), and AVX2 (16-entry vpshufb tables per 128-bit
 // lane, digit sums in 16-bit lanes). Its owner keeps it as a second copy of the codes or,
 // releasing bitsandbytes' packed codes, as the only one (nf4_restore_packed gives them back).
@@ -14,18 +14,19 @@
 // Zen 4 (benchmarks/README.md has the figures).
 //
 // Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous run of
-// kSegmentBytes per supergroup and 64-column segment, so that one prefetch stream covers codes and
+// segment_bytes per supergroup and 64-column segment, so that one prefetch stream covers codes and
 // scales (a separate scale stream measured a few % slower). Segments go in blocks of `block`
 // supergroups (kVbmi: kVbmiSegmentBlock = 8, the last block shorter; kAvx2: 1), segment-major within
 // a block: (g, s) at NF4DecodeLayout::segment_offset. The kVbmi walk takes segment s of each of a
 // block's supergroups in turn, a contiguous stream whose segment tables stay in L1 (Zen 4, 4096 x
 // 4096: cache-hot +3-8%, streamed +1-3% against supergroup-major; benchmarks/README.md). A segment holds 2048 bytes of codes
-// (64 rows x 8 "octets" of 8 columns, 4 bytes per row and octet) and then 64 fp32 block scales
-// (double quantization undone as dequantize() does; 0 for padding rows). Row 64 g + 16 r + j
+// (64 rows x 8 "octets" of 8 columns, 4 bytes per row and octet) and then the rows' 64 block scales:
+// fp32 (DecodeScales::kF32: double quantization undone as dequantize() does; 0 for padding rows),
+// or, in a kVbmi layout of a double-quantized W, their 8-bit codes (kU8: see DecodeScales). Row 64 g + 16 r + j
 // (chunk r, j < 16), byte i < 4 of its dword for octet o = byte 4 (8 s + o) + i of the row in
 // bitsandbytes' layout (high nibble: column 8 (8 s + o) + 2 i, low nibble: the next column):
 //   kVbmi: codes at o * 256 + 64 r + 4 j + i (a 64-byte chunk: 16 rows x 4 dwords);
-//          scale at 4 (16 r + j).
+//          scale at 4 (16 r + j) (kF32), its 8-bit code at u8_scale_slot(16 r + j) (kU8).
 //   kAvx2: codes at 512 r + 64 o + 16 i + j (a 128-bit lane: one column pair of 16 rows; a chunk's
 //          8 octets contiguous, so that its 16-row accumulators finish before the next chunk);
 //          scale at 4 (16 r + p) with p = avx2_scale_slot(j), the order the kernel's sums come out in.
@@ -45,7 +46,8 @@ namespace ecomllm::quant {
 
 constexpr int64_t kDecodeRows = 64;             // rows per supergroup
 constexpr int64_t kSegmentCodeBytes = 8 * 4 * 64;  // 8 octets x 4 chunks of 16 rows
-constexpr int64_t kSegmentBytes = kSegmentCodeBytes + kDecodeRows * 4;  // + 64 fp32 scales
+constexpr int64_t kSegmentBytes = kSegmentCodeBytes + kDecodeRows * 4;     // + 64 fp32 scales (kF32)
+constexpr int64_t kSegmentBytesU8 = kSegmentCodeBytes + kDecodeRows;       // + 64 scale codes (kU8)
 // Products are looked up as signed-byte digits: 3 for the exact kernel (24-bit products, ~6e-7
 // of max |y|), 2 for int16 activations (16-bit products, ~6e-5: activations="int16").
 constexpr int kTableDigitsExact = 3;
@@ -63,6 +65,21 @@ enum class DecodeLayoutKind : uint8_t { kVbmi, kAvx2 };
 // 7, then 8-15 alike): p = 8 (j / 8) + 4 (j % 2) + (j % 8) / 2.
 constexpr int64_t avx2_scale_slot(int64_t j) { return 8 * (j / 8) + 4 * (j % 2) + (j % 8) / 2; }
 
+// How a layout holds its block scales. kF32: as fp32 values, 4.5 bits per weight in all. kU8 (a
+// kVbmi layout of a double-quantized W, where nf4_decode_scales_u8_supported): as the 8-bit codes
+// of double quantization, ~4.13 bits per weight as bitsandbytes' own state, so a memory-bound walk
+// reads 8% fewer bytes. The layout then keeps the second level (nested absmax, the 256-entry map as
+// 4 byte planes, the offset) and the kernels undo it as dequantize() does, code * nested then +
+// offset in two fp32 roundings: the same scales, so the same bits as kF32. The walk looks the 64
+// codes of a segment up in the byte planes (8 two-table byte permutes) and interleaves the planes
+// into fp32 with 8 unpacks; for that, the code of row j (< 64) lies at byte u8_scale_slot(j) of
+// the segment's 64, so that the unpacks leave rows 16 r .. 16 r + 15 in order in vector r. A row's
+// nested scale comes from a 32-entry window of the nested absmax with one permute per 16 rows.
+enum class DecodeScales : uint8_t { kF32, kU8 };
+constexpr int64_t u8_scale_slot(int64_t j) { return 16 * ((j % 16) / 4) + 4 * (j / 16) + j % 4; }
+// Entries of the nested absmax one 16-row permute reaches (nf4_decode_scales_u8_supported).
+constexpr int64_t kNestedWindow = 32;
+
 // Software prefetch distance of the walks in their stream (T1: to L2 and up), one line per line
 // read. Measured on Zen 4 streaming 1 GiB of 4096 x 4096 weights with 2 threads: 16-32 KiB best,
 // 8 KiB -15%; T1 a few % faster than T2; T0 4 KiB ahead -30% (one core keeps few L1 misses in
@@ -77,13 +94,22 @@ struct NF4DecodeLayout {
   int64_t rows = 0, cols = 0, supergroups = 0;
   DecodeLayoutKind kind = DecodeLayoutKind::kVbmi;
   int64_t block = 1;   // supergroups per block of the segment order (above)
-  AlignedBuffer data;  // supergroups * cols / 64 * kSegmentBytes
-  int64_t nbytes() const { return static_cast<int64_t>(data.size()); }
+  DecodeScales scales = DecodeScales::kF32;
+  int64_t segment_bytes = kSegmentBytes;  // kSegmentBytes (kF32) or kSegmentBytesU8 (kU8)
+  AlignedBuffer data;  // supergroups * cols / 64 * segment_bytes
+  // kU8 only, the second level of double quantization: nested absmax [ceil(blocks / 256)] then
+  // kNestedWindow zeros (a window may start at the last entry); the map's byte planes [4][256]
+  // (byte p of map[c] at 256 p + c, little-endian); the offset; and nested_shift =
+  // log2(blocksize * 256): element (n, k)'s nested scale is nested[(n * cols + k) >> nested_shift].
+  AlignedBuffer nested, map_planes;
+  float offset = 0.0f;
+  int nested_shift = 0;
+  int64_t nbytes() const { return static_cast<int64_t>(data.size() + nested.size() + map_planes.size()); }
   // Byte offset of segment s of supergroup g: blocks of `block` supergroups (the last one may be
   // shorter), each segment-major.
   int64_t segment_offset(int64_t g, int64_t s) const {
     const int64_t first = g / block * block, in_block = std::min(block, supergroups - first);
-    return (first * (cols / 64) + s * in_block + (g - first)) * kSegmentBytes;
+    return (first * (cols / 64) + s * in_block + (g - first)) * segment_bytes;
   }
   const uint8_t* segment(int64_t g, int64_t s) const { return data.as<uint8_t>() + segment_offset(g, s); }
 };
@@ -109,8 +135,17 @@ inline bool nf4_decode_layout_useful(const NF4Matrix& W, DecodeLayoutKind* kind 
   return true;
 }
 
-// The repacked copy of W for `kind` (multi-threaded). ValueError unless nf4_decode_layout_supported(W).
+// Whether a kVbmi layout of W may hold 8-bit scale codes (kU8): W is double-quantized and a
+// 16-row chunk's nested scales lie within one window of kNestedWindow entries (the rows of a
+// chunk span 15 * cols + 1 elements; at blocksize 64 cols up to ~33000), with element offsets in
+// int32 lanes.
+bool nf4_decode_scales_u8_supported(const NF4Matrix& W);
+
+// The repacked copy of W for `kind` (multi-threaded): kU8 scales where kind is kVbmi and
+// nf4_decode_scales_u8_supported(W), else kF32; or the `scales` asked for (ValueError when kU8 is
+// not supported). ValueError unless nf4_decode_layout_supported(W).
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kind);
+NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kind, DecodeScales scales);
 // ... for the kind decoded with here (kVbmi where there is none).
 NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W);
 // The exact inverse of the repacking: bitsandbytes' packed codes [rows * cols / 2] from L

@@ -28,6 +28,99 @@ constexpr int64_t kChunksPerOctet = kDecodeRows / 16;  // 4
 constexpr int64_t kOctetsPerSegment = 8;               // 64 columns: one block scale
 constexpr int64_t kPrefetchBytes = kDecodePrefetchBytes;
 
+// The fp32 block scales of a segment's 64 rows (rows 16 r .. 16 r + 15 in out[r]), from either
+// form of a layout's scales (DecodeScales). kU8: map[code] from the map's byte planes (two two-table
+// byte permutes per plane, blended on the code's top bit), the planes interleaved into fp32 by
+// unpacks (the codes' slot order makes vector r rows 16 r ..), then * nested + offset in two
+// roundings as dequantize() does: ~30 512-bit ops per 64 rows, against ~500 for the segment's
+// codes. A row's nested scale changes only where the row crosses a nested block (every 256
+// blocks; for 4096 columns at blocksize 64, never within a row), so the walk keeps each
+// supergroup's 64 in a NestedCache and looks them up again only at the next such segment.
+class SegmentScales {
+ public:
+  struct NestedCache {
+    __m512 nested[kVbmiSegmentBlock][kChunksPerOctet];
+    int64_t until[kVbmiSegmentBlock];  // first segment at which slot i's vectors go stale
+    void clear() { std::fill(until, until + kVbmiSegmentBlock, int64_t{0}); }
+  };
+
+  explicit SegmentScales(const NF4DecodeLayout& L)
+      : L_(L),
+        u8_(L.scales == DecodeScales::kU8),
+        row_elements_(_mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int32_t>(L.cols)),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))),
+        offset_(_mm512_set1_ps(L.offset)),
+        shift_(_mm_cvtsi32_si128(L.nested_shift)) {}
+
+  // out[r]: the scales of rows 64 g + 16 r .. + 15 at segment s of supergroup g (at `segment`).
+  // cache (kU8; may be null): slot `slot` holds supergroup g's nested scales, for segments s and
+  // up of a walk.
+  void get(const uint8_t* segment, int64_t g, int64_t s, __m512 out[kChunksPerOctet], NestedCache* cache = nullptr,
+           int64_t slot = 0) const {
+    const uint8_t* stored = segment + kSegmentCodeBytes;
+    if (!u8_) {
+      for (int64_t r = 0; r < kChunksPerOctet; ++r)
+        out[r] = _mm512_load_ps(reinterpret_cast<const float*>(stored) + 16 * r);
+      return;
+    }
+    const __m512i q = _mm512_load_si512(stored);
+    const __mmask64 high = _mm512_movepi8_mask(q);  // codes 128-255
+    const uint8_t* planes = L_.map_planes.as<uint8_t>();
+    __m512i b[4];
+    for (int p = 0; p < 4; ++p) {
+      const uint8_t* t = planes + 256 * p;
+      const __m512i low = _mm512_permutex2var_epi8(_mm512_load_si512(t), q, _mm512_load_si512(t + 64));
+      const __m512i top = _mm512_permutex2var_epi8(_mm512_load_si512(t + 128), q, _mm512_load_si512(t + 192));
+      b[p] = _mm512_mask_blend_epi8(high, low, top);
+    }
+    // Per 128-bit lane: bytes 0-7 / 8-15 of planes 0, 1 and 2, 3 into words, then into dwords:
+    // vector r, lane l, element t = the code at byte 16 l + 4 r + t = row 16 r + 4 l + t.
+    const __m512i w01_lo = _mm512_unpacklo_epi8(b[0], b[1]), w01_hi = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i w23_lo = _mm512_unpacklo_epi8(b[2], b[3]), w23_hi = _mm512_unpackhi_epi8(b[2], b[3]);
+    const __m512i code[kChunksPerOctet] = {
+        _mm512_unpacklo_epi16(w01_lo, w23_lo), _mm512_unpackhi_epi16(w01_lo, w23_lo),
+        _mm512_unpacklo_epi16(w01_hi, w23_hi), _mm512_unpackhi_epi16(w01_hi, w23_hi)};
+    __m512 fresh[kChunksPerOctet];
+    const __m512* nested = fresh;
+    if (!cache) {
+      nested_scales(g, s, fresh);
+    } else {
+      if (s >= cache->until[slot]) cache->until[slot] = nested_scales(g, s, cache->nested[slot]);
+      nested = cache->nested[slot];
+    }
+    for (int64_t r = 0; r < kChunksPerOctet; ++r)
+      out[r] = _mm512_add_ps(_mm512_mul_ps(_mm512_castsi512_ps(code[r]), nested[r]), offset_);
+  }
+
+ private:
+  // out[r]: the nested scales of rows 64 g + 16 r .. + 15 at segment s; returns the first segment
+  // at which one of the 64 changes (a row's elements cross a multiple of 2^nested_shift there).
+  int64_t nested_scales(int64_t g, int64_t s, __m512 out[kChunksPerOctet]) const {
+    const float* nested = L_.nested.as<float>();
+    const int64_t block = int64_t{1} << L_.nested_shift;
+    const __m512i mask = _mm512_set1_epi32(static_cast<int32_t>(block - 1));
+    __m512i left = _mm512_set1_epi32(static_cast<int32_t>(block));
+    for (int64_t r = 0; r < kChunksPerOctet; ++r) {
+      // Element of the chunk's first row at the segment; its rows' nested scales lie in the
+      // window of kNestedWindow entries from that element's (nf4_decode_scales_u8_supported).
+      const int64_t e0 = (g * kDecodeRows + 16 * r) * L_.cols + 64 * s;
+      const float* window = nested + (e0 >> L_.nested_shift);
+      const __m512i v = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(e0 & (block - 1))), row_elements_);
+      out[r] = _mm512_permutex2var_ps(_mm512_loadu_ps(window), _mm512_srl_epi32(v, shift_), _mm512_loadu_ps(window + 16));
+      // Elements each row has left in its nested block (multiples of 64: whole segments).
+      left = _mm512_min_epi32(left, _mm512_sub_epi32(_mm512_set1_epi32(static_cast<int32_t>(block)),
+                                                     _mm512_and_si512(v, mask)));
+    }
+    return s + _mm512_reduce_min_epi32(left) / 64;
+  }
+
+  const NF4DecodeLayout& L_;
+  bool u8_;
+  __m512i row_elements_;  // j * cols for j < 16
+  __m512 offset_;
+  __m128i shift_;
+};
+
 }  // namespace
 
 bool nf4_product_tables_usable(const float* x, int64_t K) {
@@ -108,9 +201,13 @@ void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xs
   // L1 for all of them. Each supergroup's fp32 sums wait in `totals` meanwhile.
   ECOM_CHECK(L.block >= 1 && L.block <= kVbmiSegmentBlock, "nf4 decode layout: block ", L.block);
   alignas(64) float totals[kVbmiSegmentBlock][kDecodeRows];
+  const SegmentScales segment_scales(L);
+  SegmentScales::NestedCache nested_cache;
+  const int64_t scale_lines = (L.segment_bytes - kSegmentCodeBytes) / 64;
   for (int64_t b0 = g0; b0 < g1;) {
     const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
     std::fill(&totals[0][0], &totals[0][0] + (b1 - b0) * kDecodeRows, 0.0f);
+    nested_cache.clear();
     for (int64_t s = 0; s < segments; ++s) {
       const __m512 xs = _mm512_set1_ps(xscale[s]);
       for (int64_t g = b0; g < b1; ++g) {
@@ -128,7 +225,7 @@ void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xs
           for (int l = 0; l < kChunksPerOctet; ++l)
             _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
           if (oo == kOctetsPerSegment - 1)
-            for (int l = 0; l < kChunksPerOctet; ++l)
+            for (int64_t l = 0; l < scale_lines; ++l)
               _mm_prefetch(reinterpret_cast<const char*>(chunk) + 256 + kPrefetchBytes + 64 * l, _MM_HINT_T1);
 #pragma GCC unroll 4
           for (int64_t r = 0; r < kChunksPerOctet; ++r) {
@@ -142,13 +239,14 @@ void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xs
             }
           }
         }
-        const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
+        __m512 absmax[kChunksPerOctet];
+        segment_scales.get(segment, g, s, absmax, &nested_cache, g - b0);
         float* total = totals[g - b0];
         for (int64_t r = 0; r < kChunksPerOctet; ++r) {
           // Digit sums of 64 columns: |sum q| <= 64 x 2^23, exact in int32.
           __m512i q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][1], 8), acc[r][0]);
           if constexpr (D == 3) q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), q);
-          const __m512 scale = _mm512_mul_ps(_mm512_load_ps(absmax + r * 16), xs);
+          const __m512 scale = _mm512_mul_ps(absmax[r], xs);
           _mm512_store_ps(total + r * 16,
                           _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), scale, _mm512_load_ps(total + r * 16)));
         }
@@ -189,11 +287,13 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
 void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel) {
   const int64_t g = n0 / kDecodeRows, first_chunk = (n0 % kDecodeRows) / 16;
   const __m512 codes = _mm512_loadu_ps(code);
+  const SegmentScales segment_scales(L);
   for (int64_t k = 0; k < kc; k += 64) {
     const uint8_t* segment = L.segment(g, (k0 + k) / 64);
-    const float* absmax = reinterpret_cast<const float*>(segment + kSegmentCodeBytes);
+    __m512 absmax[kChunksPerOctet];
+    segment_scales.get(segment, g, (k0 + k) / 64, absmax);
     for (int64_t h = 0; h < 2; ++h) {  // rows n0 + 16 h .. + 15: chunk first_chunk + h of each octet
-      const __m512 scales = _mm512_load_ps(absmax + (first_chunk + h) * 16);
+      const __m512 scales = absmax[first_chunk + h];
       float* out = panel + k * kDecodePanelRows + 16 * h;
       for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
         const __m512i c = _mm512_load_si512(segment + oo * 256 + (first_chunk + h) * 64);

@@ -41,8 +41,8 @@ class NF4Weight {
   NF4Matrix view() const { return m_; }
   // Token-by-token decoding (quant/nf4_decode_layout.h). enabled: builds the decode layout where
   // this shape and CPU support it and returns whether it exists; keep_codes = false then releases
-  // the packed codes, which the layout also holds (-4 bits per weight held: 4.5 + the scale
-  // state instead of 8.6), at the cost of a transient restore of them in the paths that read
+  // the packed codes, which the layout also holds (-4 bits per weight held: the layout's ~4.13
+  // (VBMI, double-quantized; 4.5 otherwise) + the scale state instead of 8.6), at the cost of a transient restore of them in the paths that read
   // bitsandbytes' layout (backward, dequantize, clone, state, AMX products; the FMA forward GEMM
   // reads its panels from the layout). keep_codes = true on a weight whose codes were released
   // restores them. enabled = false restores released codes and drops the layout.

@@ -185,10 +185,11 @@ class Model:
         product-table kernel (see :meth:`ecomllm.quant.NF4Tensor.prepare_decoding`): forward
         passes of up to 16 tokens then stream the weights faster (AVX-512 VBMI + VNNI, or AVX2),
         with the same results to ~1e-6, and longer prefills decode their weight panels from
-        the layout (same bits, faster; on AMX tiles they restore the codes). The layouts take ~4.5 bits per NF4
-        weight (:attr:`decoding_nbytes`). ``keep_codes=True`` keeps bitsandbytes' packed codes
-        as well; ``keep_codes=False`` releases them, for ~4.6 bits per weight held in all
-        instead of ~8.6: the serving setting. Backward passes, merges and saving then restore
+        the layout (same bits, faster; on AMX tiles they restore the codes). The layouts take ~4.13
+        bits per double-quantized NF4 weight with AVX-512 VBMI (8-bit scale codes), 4.5 otherwise
+        (fp32 scales; :attr:`decoding_nbytes`). ``keep_codes=True`` keeps bitsandbytes' packed codes
+        as well; ``keep_codes=False`` releases them, for ~4.25 bits per weight held in all
+        (~4.6 with fp32 scales) instead of ~8.6: the serving setting. Backward passes, merges and saving then restore
         each weight's codes per call.
         Returns how many layers have a layout (0 for a dense model or where the CPU lacks the
         instructions); ``enabled=False`` drops them, restoring released codes first. Replacing

@@ -289,14 +289,18 @@ class NF4Tensor:
         kernel and 0.7-0.96 of the machine's read bandwidth, about 1.5x the kernel over
         bitsandbytes' layout. With AVX2 (in-lane ``vpshufb`` lookups, four 6-bit digits per
         product, sums in 16-bit lanes) it is ~1.8x the default AVX2 kernel on the same Zen 4, and
-        gives the same bits as the AVX-512 one (``benchmarks/README.md``). The layout holds the codes and fp32 block scales: ~4.5 bits
-        per weight (:attr:`decoding_nbytes`).
+        gives the same bits as the AVX-512 one (``benchmarks/README.md``). The layout holds the codes and
+        the block scales (:attr:`decoding_nbytes`): with AVX-512 VBMI and double quantization
+        their 8-bit codes, ~4.13 bits per weight like bitsandbytes' state (the kernel undoes
+        the double quantization as :meth:`dequantize` does: the same bits as fp32 scales, 8%
+        fewer bytes to stream, ~5% more work per byte); otherwise fp32 scales, 4.5 bits.
 
-        ``keep_codes=True`` (default) keeps bitsandbytes' packed codes too: ~4.13 + 4.5 bits per
-        weight, and every other path runs as before. ``keep_codes=False`` releases them, since
-        the layout holds the same codes (bitsandbytes' CPU inference path likewise repacks in
-        place): ~4.6 bits per weight held in all with double quantization, ~5.0 without
-        (:attr:`memory_nbytes`). Matmuls of more rows then decode their weight panels straight
+        ``keep_codes=True`` (default) keeps bitsandbytes' packed codes too: ~4.13 + 4.13 bits per
+        weight (4.13 + 4.5 with fp32 scales), and every other path runs as before.
+        ``keep_codes=False`` releases them, since the layout holds the same codes (bitsandbytes'
+        CPU inference path likewise repacks in place): ~4.25 bits per weight held in all with
+        double quantization and AVX-512 VBMI, ~4.6 with the AVX2 layout, ~5.0 without double
+        quantization (:attr:`memory_nbytes`). Matmuls of more rows then decode their weight panels straight
         from the layout (bit-identical to bitsandbytes' layout, and faster); the paths that read
         bitsandbytes' layout (:meth:`matmul_t`, :meth:`dequantize`, :meth:`state_dict`, int16
         activations on rows the tables refuse, matmuls on AMX tiles, 1-3 rows the table kernel

@@ -437,36 +437,116 @@ TEST(NF4DecodeLayout, MatchesFp64ReferenceOrRefuses) {
 // Where the bytes go: kVbmi segments in blocks of kVbmiSegmentBlock supergroups, segment-major
 // within a block (the last block shorter), so that a block's walk (segments outer, supergroups
 // inner) reads the data in order; kAvx2 supergroup-major. Within a kVbmi segment, row 64 g + 16 r
-// + j's dword for octet o at o * 256 + 64 r + 4 j, its block scale at kSegmentCodeBytes + 4 (16 r + j).
+// + j's dword for octet o at o * 256 + 64 r + 4 j, its block scale at kSegmentCodeBytes + 4 (16 r + j)
+// (kF32), or its 8-bit scale code at kSegmentCodeBytes + u8_scale_slot(16 r + j) (kU8, the default
+// for a double-quantized weight).
 TEST(NF4DecodeLayout, SegmentsGoInBlocksOfSupergroups) {
   const int64_t N = 64 * 19 + 5, K = 192, segments = K / 64;  // 20 supergroups: blocks of 8, 8, 4
   const Weight w = make_weight(N, K, 64, true, 83);
-  const NF4DecodeLayout L = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi);
+  const NF4DecodeLayout U = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi);
+  const NF4DecodeLayout F = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi, DecodeScales::kF32);
   const NF4DecodeLayout A = nf4_build_decode_layout(w.m, DecodeLayoutKind::kAvx2);
-  ASSERT_EQ(L.block, kVbmiSegmentBlock);
+  ASSERT_EQ(U.scales, DecodeScales::kU8);
+  ASSERT_EQ(F.scales, DecodeScales::kF32);
+  EXPECT_EQ(A.scales, DecodeScales::kF32);  // the AVX2 kernel reads fp32 scales only
   EXPECT_EQ(A.block, 1);
-  ASSERT_EQ(L.nbytes(), L.supergroups * segments * kSegmentBytes);
-  int64_t expected = 0;
-  for (int64_t b0 = 0; b0 < L.supergroups; b0 += L.block)
-    for (int64_t s = 0; s < segments; ++s)
-      for (int64_t g = b0; g < std::min(L.supergroups, b0 + L.block); ++g, expected += kSegmentBytes)
-        EXPECT_EQ(L.segment_offset(g, s), expected) << "g=" << g << " s=" << s;
-  EXPECT_EQ(expected, L.nbytes());
+  for (const NF4DecodeLayout* L : {&U, &F}) {
+    ASSERT_EQ(L->block, kVbmiSegmentBlock);
+    ASSERT_EQ(L->segment_bytes, L == &U ? kSegmentBytesU8 : kSegmentBytes);
+    ASSERT_EQ(static_cast<int64_t>(L->data.size()), L->supergroups * segments * L->segment_bytes);
+    int64_t expected = 0;
+    for (int64_t b0 = 0; b0 < L->supergroups; b0 += L->block)
+      for (int64_t s = 0; s < segments; ++s)
+        for (int64_t g = b0; g < std::min(L->supergroups, b0 + L->block); ++g, expected += L->segment_bytes)
+          EXPECT_EQ(L->segment_offset(g, s), expected) << "g=" << g << " s=" << s;
+    EXPECT_EQ(expected, static_cast<int64_t>(L->data.size()));
+  }
   for (int64_t g = 0; g < A.supergroups; ++g)
     for (int64_t s = 0; s < segments; ++s) EXPECT_EQ(A.segment_offset(g, s), (g * segments + s) * kSegmentBytes);
+  // The 64 slots of the scale codes are a permutation of the rows.
+  std::vector<int> slot_used(64, 0);
+  for (int64_t j = 0; j < 64; ++j) slot_used[static_cast<size_t>(u8_scale_slot(j))] += 1;
+  EXPECT_EQ(std::count(slot_used.begin(), slot_used.end(), 1), 64);
   for (const int64_t row : {int64_t{0}, int64_t{17}, int64_t{64 * 8 + 33}, N - 1}) {
     const int64_t g = row / 64, r = row % 64 / 16, j = row % 16;
     for (int64_t s = 0; s < segments; ++s) {
-      const uint8_t* segment = L.segment(g, s);
-      for (int64_t o = 0; o < 8; ++o)
-        EXPECT_EQ(0, std::memcmp(segment + o * 256 + 64 * r + 4 * j, w.m.packed + row * K / 2 + 4 * (8 * s + o), 4))
-            << "row " << row << " segment " << s << " octet " << o;
+      for (const NF4DecodeLayout* L : {&U, &F})
+        for (int64_t o = 0; o < 8; ++o)
+          EXPECT_EQ(0, std::memcmp(L->segment(g, s) + o * 256 + 64 * r + 4 * j,
+                                   w.m.packed + row * K / 2 + 4 * (8 * s + o), 4))
+              << "row " << row << " segment " << s << " octet " << o;
+      const int64_t block = (row * K + 64 * s) / 64;
       float scale = 0, stored = 0;
-      w.m.block_scales((row * K + 64 * s) / 64, (row * K + 64 * s) / 64 + 1, &scale);
-      std::memcpy(&stored, segment + kSegmentCodeBytes + 4 * (16 * r + j), 4);
+      w.m.block_scales(block, block + 1, &scale);
+      std::memcpy(&stored, F.segment(g, s) + kSegmentCodeBytes + 4 * (16 * r + j), 4);
       EXPECT_EQ(stored, scale) << "row " << row << " segment " << s;
+      EXPECT_EQ(U.segment(g, s)[kSegmentCodeBytes + u8_scale_slot(16 * r + j)], w.m.qabsmax[block])
+          << "row " << row << " segment " << s;
     }
   }
+  // The layout's own copy of the second level: nested absmax (zero-padded), the map's byte planes.
+  const int64_t nested_count = (w.m.num_blocks() + 255) / 256;
+  for (int64_t i = 0; i < nested_count; ++i) EXPECT_EQ(U.nested.as<float>()[i], w.m.nested_absmax[i]);
+  EXPECT_EQ(U.nested.as<float>()[nested_count], 0.0f);
+  for (int c = 0; c < 256; c += 37) {
+    uint32_t bits;
+    std::memcpy(&bits, w.m.nested_code + c, 4);
+    for (int p = 0; p < 4; ++p) EXPECT_EQ(U.map_planes.as<uint8_t>()[256 * p + c], (bits >> (8 * p)) & 0xFF);
+  }
+  EXPECT_EQ(U.nbytes(), static_cast<int64_t>(U.data.size() + U.nested.size() + U.map_planes.size()));
+}
+
+// A kVbmi layout with 8-bit scale codes (kU8) decodes the scales as dequantize() does, so every
+// reader gives the bits of the fp32-scale layout (kF32): the M = 1 kernel (both digit counts), the
+// GEMM's panels (40 rows, codes released) and the restore. Nested scales made to differ strongly
+// from chunk to chunk, so that a row picking a neighbour's nested scale (a wrong window or slot)
+// shows; K = 1152 puts nested boundaries mid-row, K = 32768 reaches the window's last entries.
+// Where the window would not reach (K = 34816 at blocksize 64) or the scales are plain fp32, the
+// default is kF32 and asking for kU8 throws.
+TEST(NF4DecodeLayout, U8ScalesGiveTheBitsOfF32Scales) {
+  const CpuFeatures& f = cpu_features();
+  if (!(f.best_level() == SimdLevel::AVX512 && f.avx512_vbmi && f.avx512_vnni)) GTEST_SKIP() << "needs AVX-512 VBMI + VNNI";
+  set_simd_level(SimdLevel::AVX512);
+  struct Case { int64_t N, K, bs; };
+  for (const Case c : {Case{64 * 19 + 5, 192, 64}, Case{130, 1152, 64}, Case{70, 640, 128}, Case{33, 8192, 4096},
+                       Case{17, 32768, 64}, Case{200, 4096, 256}}) {
+    Weight w = make_weight(c.N, c.K, c.bs, true, 103);
+    for (size_t i = 0; i < w.nested.size(); ++i) w.nested[i] *= static_cast<float>(1 + 3 * (i % 5));
+    ASSERT_TRUE(nf4_decode_scales_u8_supported(w.m)) << "K=" << c.K;
+    const NF4DecodeLayout U = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi);
+    const NF4DecodeLayout F = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi, DecodeScales::kF32);
+    ASSERT_EQ(U.scales, DecodeScales::kU8);
+    EXPECT_LT(U.nbytes(), F.nbytes());
+    const int64_t M = 40;
+    const std::vector<float> x = random_normal(M * c.K, 107), bias = random_normal(c.N, 109);
+    for (const int digits : {kTableDigitsExact, kTableDigitsInt16}) {
+      std::vector<float> yu(3 * c.N, NAN), yf(3 * c.N, NAN);
+      ASSERT_TRUE(nf4_decode_matmul(U, w.m.code, x.data(), 3, bias.data(), yu.data(), digits));
+      ASSERT_TRUE(nf4_decode_matmul(F, w.m.code, x.data(), 3, bias.data(), yf.data(), digits));
+      EXPECT_EQ(0, std::memcmp(yu.data(), yf.data(), yu.size() * sizeof(float))) << "K=" << c.K << " d=" << digits;
+    }
+    const std::vector<double> y_ref = reference_product(x, dense(w.m), bias, 1, c.N, c.K);
+    std::vector<float> y1(c.N);
+    ASSERT_TRUE(nf4_decode_matmul(U, w.m.code, x.data(), 1, bias.data(), y1.data()));
+    EXPECT_LE(rel_err(y1, y_ref), 1e-5) << "K=" << c.K;
+    NF4Matrix released = w.m;
+    released.packed = nullptr;
+    std::vector<float> yu(M * c.N), yf(M * c.N);
+    nf4_matmul(x.data(), M, released, bias.data(), yu.data(), nullptr, &U);
+    nf4_matmul(x.data(), M, w.m, bias.data(), yf.data());
+    EXPECT_EQ(0, std::memcmp(yu.data(), yf.data(), yu.size() * sizeof(float))) << "GEMM K=" << c.K;
+    std::vector<uint8_t> restored(static_cast<size_t>(c.N * c.K / 2), 0xAA);
+    nf4_restore_packed(U, restored.data());
+    EXPECT_EQ(0, std::memcmp(restored.data(), w.m.packed, restored.size())) << "K=" << c.K;
+  }
+  const Weight far = make_weight(3, 34816, 64, true, 113), plain = make_weight(3, 4096, 64, false, 113);
+  for (const Weight* w : {&far, &plain}) {
+    EXPECT_FALSE(nf4_decode_scales_u8_supported(w->m));
+    EXPECT_EQ(nf4_build_decode_layout(w->m, DecodeLayoutKind::kVbmi).scales, DecodeScales::kF32);
+    EXPECT_THROW(nf4_build_decode_layout(w->m, DecodeLayoutKind::kVbmi, DecodeScales::kU8), ValueError);
+  }
+  EXPECT_THROW(nf4_build_decode_layout(plain.m, DecodeLayoutKind::kAvx2, DecodeScales::kU8), ValueError);
+  set_simd_level(cpu_features().best_level());
 }
 
 // Each thread builds its own tables and walks its share of the supergroups; called from inside a

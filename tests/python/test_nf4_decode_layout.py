@@ -49,9 +49,21 @@ def _weight(n, k, blocksize=64, double_quant=True, seed=0, auto=False):
     return t
 
 
-def _expected_nbytes(n, k):
-    groups = -(-n // 64)
-    return groups * (k // 8) * 256 + groups * (k // 64) * 64 * 4
+def _expected_nbytes(n, k, blocksize=64, double_quant=True):
+    """decoding_nbytes of the layout built at the active SIMD level (csrc/quant/nf4_decode_layout.h):
+    per 64 rows and 64 columns 2048 bytes of codes, then the 64 block scales as fp32 (the AVX2
+    kind, plain scales) or, in the VBMI kind of a double-quantized weight whose 16-row chunks'
+    nested scales fit a 32-entry window, as their 8-bit codes, plus the layout's copy of the
+    nested absmax (zero-padded by 32, covering the padded rows) and the map's 4 x 256 byte planes."""
+    groups, segments = -(-n // 64), k // 64
+    codes = groups * segments * 2048
+    shift = (blocksize * 256).bit_length() - 1
+    window_fits = ((1 << shift) - 1 + 15 * k) >> shift < 32
+    if _core.simd_level() == "avx512" and double_quant and window_fits:
+        nested = -(-(-(-n * k // blocksize)) // 256)
+        reach = ((groups * 64 * k - 1) >> shift) + 1
+        return codes + groups * segments * 64 + 4 * (max(nested, reach) + 32) + 4 * 256
+    return codes + groups * segments * 64 * 4
 
 
 CASES = [  # (M, N, K, blocksize, double_quant)
@@ -73,7 +85,7 @@ def test_matches_reference_and_default_kernel(m, n, k, bs, dq):
     default = t.matmul(x, bias=bias)
     assert t.decoding_nbytes == 0
     assert t.prepare_decoding() is True
-    assert t.decoding_nbytes == _expected_nbytes(n, k)
+    assert t.decoding_nbytes == _expected_nbytes(n, k, bs, dq)
     y = t.matmul(x, bias=bias)
     assert y.shape == (m, n) and y.dtype == np.float32
     assert rel_err(y, ref) <= TOL
@@ -401,7 +413,7 @@ def test_avx2_kernel_matches_the_reference_and_the_vbmi_kernel_bit_for_bit(m, n,
         t = _weight(n, k, bs, dq, seed=n + k + 2)
         default = t.matmul(x, bias=bias)
         assert t.prepare_decoding(keep_codes=False) is True and not t.holds_codes
-        assert t.decoding_nbytes == _expected_nbytes(n, k)
+        assert t.decoding_nbytes == _expected_nbytes(n, k, bs, dq)
         out[lvl] = t.matmul(x, bias=bias)
         ref = x.astype(np.float64) @ t.dequantize().astype(np.float64).T + bias
         assert rel_err(out[lvl], ref) <= TOL
