@@ -86,8 +86,8 @@ constexpr int64_t kNestedWindow = 32;
 // flight). nf4_decode_matmul prefetches the first this many bytes of each thread's walk before it
 // builds the tables.
 constexpr int64_t kDecodePrefetchBytes = 16384;
-// Supergroups per block of a kVbmi layout (kAvx2: 1): 8 x 2304 bytes of codes per segment
-// between two uses of its x tables, which stay in L1.
+// Supergroups per block of a kVbmi layout (kAvx2: 1): 8 segments (8 x 2112 or 2304 bytes) between
+// two uses of a segment's x tables, which stay in L1.
 constexpr int64_t kVbmiSegmentBlock = 8;
 
 struct NF4DecodeLayout {
@@ -97,8 +97,9 @@ struct NF4DecodeLayout {
   DecodeScales scales = DecodeScales::kF32;
   int64_t segment_bytes = kSegmentBytes;  // kSegmentBytes (kF32) or kSegmentBytesU8 (kU8)
   AlignedBuffer data;  // supergroups * cols / 64 * segment_bytes
-  // kU8 only, the second level of double quantization: nested absmax [ceil(blocks / 256)] then
-  // kNestedWindow zeros (a window may start at the last entry); the map's byte planes [4][256]
+  // kU8 only, the second level of double quantization: nested absmax [ceil(blocks / 256)], then
+  // zeros up to the padded rows' windows and kNestedWindow past them (a window may start at the
+  // last entry); the map's byte planes [4][256]
   // (byte p of map[c] at 256 p + c, little-endian); the offset; and nested_shift =
   // log2(blocksize * 256): element (n, k)'s nested scale is nested[(n * cols + k) >> nested_shift].
   AlignedBuffer nested, map_planes;
