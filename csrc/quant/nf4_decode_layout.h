@@ -158,7 +158,8 @@ void nf4_restore_packed(const NF4DecodeLayout& L, uint8_t* packed);
 NF4Matrix nf4_with_codes(const NF4Matrix& W, const NF4DecodeLayout* decode, AlignedBuffer& storage);
 
 // y[M, N] = x[M, K] @ dequant(W)^T (+ bias) from the copy, for the few rows of x of token-by-token
-// decoding (each row is one pass over the codes). Returns false, computing nothing, when the
+// decoding (kVbmi: passes over the codes of up to kDecodeRowsPerPass rows each, nf4_decode_rows_multi;
+// kAvx2: one pass per row). Returns false, computing nothing, when the
 // kernel of L.kind does not run here or a row of x holds inf/NaN or a segment so small (0 < max|x| <
 // 2^-100) that its scale would be a denormal: the caller then uses nf4_matmul. digits:
 // kTableDigitsExact, or kTableDigitsInt16 for the int16-activation product (nf4_matmul_int16); the
@@ -176,6 +177,12 @@ void nf4_build_product_tables(const float* code, const float* x, int64_t K, int6
 // y[64 g ..] for supergroups [g0, g1) (rows past L.rows are not written), from tables of `digits`.
 void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias,
                      int64_t g0, int64_t g1, float* y, int digits);
+// The same for `rows` (2 to kDecodeRowsPerPass) rows of x in one pass over the layout: tables[m],
+// xscale[m] as built for row m, output row m to y[m]. Each row's result has the bits
+// nf4_decode_rows gives it; the codes stream once for all.
+constexpr int kDecodeRowsPerPass = 4;
+void nf4_decode_rows_multi(const NF4DecodeLayout& L, const int8_t* const* tables, const float* const* xscale,
+                           const float* bias, int64_t g0, int64_t g1, float* const* y, int rows, int digits);
 // AVX2 counterparts (nf4_decode_layout_avx2.cpp): the same checks; tables [K / 8 *
 // kAvx2TableBytesPerOctet] of four 6-bit digits per product; rows of a kAvx2 layout.
 bool nf4_product_tables_usable_avx2(const float* x, int64_t K);

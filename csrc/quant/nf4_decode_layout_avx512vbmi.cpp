@@ -188,14 +188,50 @@ void build_tables(const float* code, const float* x, int64_t K, int64_t s0, int6
   }
 }
 
+// A 64-byte chunk's lookup indices: byte i of each dword gets (nibble | i << 4), so that it
+// indexes entry 16 i + c of a 64-entry table (one ternary-logic op per nibble), and the ones the
+// digit sums multiply by.
+struct ChunkIndex {
+  const __m512i ones = _mm512_set1_epi8(1);
+  const __m512i low_nibble = _mm512_set1_epi8(0x0f);
+  const __m512i byte_in_dword = _mm512_set1_epi32(0x30201000);  // (byte index i) << 4
+  __m512i low(__m512i c) const { return _mm512_ternarylogic_epi32(c, low_nibble, byte_in_dword, 0xEA); }
+  __m512i high(__m512i c) const {
+    return _mm512_ternarylogic_epi32(_mm512_srli_epi16(c, 4), low_nibble, byte_in_dword, 0xEA);
+  }
+};
+
+// total[0 .. 16) += float(q) * (absmax * xs) for the 16 rows of one chunk, q their digit sums of
+// a segment's 64 columns (|q| <= 64 x 2^23: exact in int32).
+template <int D>
+inline void add_segment_sums(const __m512i (&acc)[D], __m512 absmax, __m512 xs, float* total) {
+  __m512i q = _mm512_add_epi32(_mm512_slli_epi32(acc[1], 8), acc[0]);
+  if constexpr (D == 3) q = _mm512_add_epi32(_mm512_slli_epi32(acc[2], 16), q);
+  _mm512_store_ps(total, _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(absmax, xs), _mm512_load_ps(total)));
+}
+
+// y[64 g + j] = totals[g - b0][j] (+ bias) for the supergroups [b0, b1) of a block; rows past
+// L.rows are not written.
+void store_block(const NF4DecodeLayout& L, const float (*totals)[kDecodeRows], int64_t b0, int64_t b1,
+                 const float* bias, float* y) {
+  for (int64_t g = b0; g < b1; ++g)
+    for (int64_t r = 0; r < kChunksPerOctet; ++r) {
+      const int64_t first = g * kDecodeRows + r * 16;
+      if (first >= L.rows) break;
+      const int64_t live_rows = std::min<int64_t>(16, L.rows - first);
+      const __mmask16 live = static_cast<__mmask16>(live_rows == 16 ? 0xffff : (1u << live_rows) - 1u);
+      __m512 out = _mm512_load_ps(totals[g - b0] + r * 16);
+      if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(live, bias + first));
+      _mm512_mask_storeu_ps(y + first, live, out);
+    }
+}
+
 template <int D>
 void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xscale, const float* bias, int64_t g0,
                  int64_t g1, float* y) {
   constexpr int64_t kOctetBytes = D * 128;
-  const int64_t K = L.cols, segments = K / 64;
-  const __m512i ones = _mm512_set1_epi8(1);
-  const __m512i low_nibble = _mm512_set1_epi8(0x0f);
-  const __m512i byte_in_dword = _mm512_set1_epi32(0x30201000);  // (byte index i) << 4
+  const int64_t segments = L.cols / 64;
+  const ChunkIndex index;
   // Block by block (the layout's segment order): segment s of each of the block's supergroups in
   // [g0, g1) in turn, so that the codes stream in order and segment s's tables (3 KiB) come from
   // L1 for all of them. Each supergroup's fp32 sums wait in `totals` meanwhile.
@@ -230,39 +266,90 @@ void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xs
 #pragma GCC unroll 4
           for (int64_t r = 0; r < kChunksPerOctet; ++r) {
             const __m512i c = _mm512_load_si512(chunk + r * 64);
-            const __m512i lo = _mm512_ternarylogic_epi32(c, low_nibble, byte_in_dword, 0xEA);  // (c & 15) | i << 4
-            const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(c, 4), low_nibble, byte_in_dword, 0xEA);
+            const __m512i lo = index.low(c), hi = index.high(c);
 #pragma GCC unroll 3
             for (int d = 0; d < D; ++d) {
-              acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(hi, tab[d][0]));
-              acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], ones, _mm512_permutexvar_epi8(lo, tab[d][1]));
+              acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], index.ones, _mm512_permutexvar_epi8(hi, tab[d][0]));
+              acc[r][d] = _mm512_dpbusd_epi32(acc[r][d], index.ones, _mm512_permutexvar_epi8(lo, tab[d][1]));
             }
           }
         }
         __m512 absmax[kChunksPerOctet];
         segment_scales.get(segment, g, s, absmax, &nested_cache, g - b0);
-        float* total = totals[g - b0];
+        for (int64_t r = 0; r < kChunksPerOctet; ++r) add_segment_sums<D>(acc[r], absmax[r], xs, totals[g - b0] + r * 16);
+      }
+    }
+    store_block(L, totals, b0, b1, bias, y);
+    b0 = b1;
+  }
+}
+
+// R (2-4) rows of x in one pass over the layout: the same per-row arithmetic as decode_rows (so
+// the same bits per row), but each 64-byte chunk is loaded and its two index vectors made once for
+// all R rows, and the codes stream once instead of R times. Loop order per segment: chunk r outer,
+// octet inner, so that only R x D accumulators live at a time; each row's octet tables are memory
+// operands of the lookups (L1: R x 3 KiB per segment, shared by the block's supergroups).
+template <int D, int R>
+void decode_rows_multi(const NF4DecodeLayout& L, const int8_t* const* tables, const float* const* xscale,
+                       const float* bias, int64_t g0, int64_t g1, float* const* y) {
+  constexpr int64_t kOctetBytes = D * 128;
+  const int64_t segments = L.cols / 64;
+  const ChunkIndex index;
+  ECOM_CHECK(L.block >= 1 && L.block <= kVbmiSegmentBlock, "nf4 decode layout: block ", L.block);
+  alignas(64) float totals[R][kVbmiSegmentBlock][kDecodeRows];
+  const SegmentScales segment_scales(L);
+  SegmentScales::NestedCache nested_cache;
+  const int64_t segment_lines = L.segment_bytes / 64;
+  for (int64_t b0 = g0; b0 < g1;) {
+    const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
+    for (int m = 0; m < R; ++m) std::fill(&totals[m][0][0], &totals[m][0][0] + (b1 - b0) * kDecodeRows, 0.0f);
+    nested_cache.clear();
+    for (int64_t s = 0; s < segments; ++s) {
+      for (int64_t g = b0; g < b1; ++g) {
+        const uint8_t* segment = L.segment(g, s);
+        // One line ahead per line read, as decode_rows.
+        for (int64_t l = 0; l < segment_lines; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(segment) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
+        __m512 absmax[kChunksPerOctet];
+        segment_scales.get(segment, g, s, absmax, &nested_cache, g - b0);
         for (int64_t r = 0; r < kChunksPerOctet; ++r) {
-          // Digit sums of 64 columns: |sum q| <= 64 x 2^23, exact in int32.
-          __m512i q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][1], 8), acc[r][0]);
-          if constexpr (D == 3) q = _mm512_add_epi32(_mm512_slli_epi32(acc[r][2], 16), q);
-          const __m512 scale = _mm512_mul_ps(absmax[r], xs);
-          _mm512_store_ps(total + r * 16,
-                          _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), scale, _mm512_load_ps(total + r * 16)));
+          __m512i acc[R][D];
+          for (auto& a : acc)
+            for (auto& d : a) d = _mm512_setzero_si512();
+#pragma GCC unroll 2
+          for (int64_t oo = 0; oo < kOctetsPerSegment; ++oo) {
+            const __m512i c = _mm512_load_si512(segment + oo * 256 + r * 64);
+            const __m512i lo = index.low(c), hi = index.high(c);
+#pragma GCC unroll 4
+            for (int m = 0; m < R; ++m) {
+              const int8_t* t = tables[m] + (s * kOctetsPerSegment + oo) * kOctetBytes;
+#pragma GCC unroll 3
+              for (int d = 0; d < D; ++d) {
+                acc[m][d] = _mm512_dpbusd_epi32(acc[m][d], index.ones,
+                                                _mm512_permutexvar_epi8(hi, _mm512_load_si512(t + d * 128)));
+                acc[m][d] = _mm512_dpbusd_epi32(acc[m][d], index.ones,
+                                                _mm512_permutexvar_epi8(lo, _mm512_load_si512(t + d * 128 + 64)));
+              }
+            }
+          }
+          for (int m = 0; m < R; ++m)
+            add_segment_sums<D>(acc[m], absmax[r], _mm512_set1_ps(xscale[m][s]), totals[m][g - b0] + r * 16);
         }
       }
     }
-    for (int64_t g = b0; g < b1; ++g)
-      for (int64_t r = 0; r < kChunksPerOctet; ++r) {
-        const int64_t first = g * kDecodeRows + r * 16;
-        if (first >= L.rows) break;
-        const int64_t live_rows = std::min<int64_t>(16, L.rows - first);
-        const __mmask16 live = static_cast<__mmask16>(live_rows == 16 ? 0xffff : (1u << live_rows) - 1u);
-        __m512 out = _mm512_load_ps(totals[g - b0] + r * 16);
-        if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(live, bias + first));
-        _mm512_mask_storeu_ps(y + first, live, out);
-      }
+    for (int m = 0; m < R; ++m) store_block(L, totals[m], b0, b1, bias, y[m]);
     b0 = b1;
+  }
+}
+
+template <int D>
+void decode_rows_multi_of(int rows, const NF4DecodeLayout& L, const int8_t* const* tables,
+                          const float* const* xscale, const float* bias, int64_t g0, int64_t g1, float* const* y) {
+  switch (rows) {
+    case 2: return decode_rows_multi<D, 2>(L, tables, xscale, bias, g0, g1, y);
+    case 3: return decode_rows_multi<D, 3>(L, tables, xscale, bias, g0, g1, y);
+    case 4: return decode_rows_multi<D, 4>(L, tables, xscale, bias, g0, g1, y);
+    default: ECOM_CHECK(false, "nf4 decode rows: ", rows, " rows of x per pass (2-4)");
   }
 }
 
@@ -282,6 +369,14 @@ void nf4_decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float
     decode_rows<kTableDigitsExact>(L, tables, xscale, bias, g0, g1, y);
   else
     decode_rows<kTableDigitsInt16>(L, tables, xscale, bias, g0, g1, y);
+}
+
+void nf4_decode_rows_multi(const NF4DecodeLayout& L, const int8_t* const* tables, const float* const* xscale,
+                           const float* bias, int64_t g0, int64_t g1, float* const* y, int rows, int digits) {
+  if (digits == kTableDigitsExact)
+    decode_rows_multi_of<kTableDigitsExact>(rows, L, tables, xscale, bias, g0, g1, y);
+  else
+    decode_rows_multi_of<kTableDigitsInt16>(rows, L, tables, xscale, bias, g0, g1, y);
 }
 
 void nf4_decode_panel(const NF4DecodeLayout& L, const float* code, int64_t n0, int64_t k0, int64_t kc, float* panel) {

@@ -549,6 +549,34 @@ TEST(NF4DecodeLayout, U8ScalesGiveTheBitsOfF32Scales) {
   set_simd_level(cpu_features().best_level());
 }
 
+// The VBMI kernel takes up to kDecodeRowsPerPass rows of x per pass over the codes: every row's
+// result has the bits of a call with that row alone, for 1-9 rows (passes of 4, 4 and 1; 3; 2),
+// both digit counts and both scale forms.
+TEST(NF4DecodeLayout, RowsPerPassGiveTheBitsOfOneRowAtATime) {
+  const CpuFeatures& f = cpu_features();
+  if (!(f.best_level() == SimdLevel::AVX512 && f.avx512_vbmi && f.avx512_vnni)) GTEST_SKIP() << "needs AVX-512 VBMI + VNNI";
+  set_simd_level(SimdLevel::AVX512);
+  const int64_t N = 64 * 9 + 7, K = 1152;
+  Weight w = make_weight(N, K, 64, true, 131);
+  for (size_t i = 0; i < w.nested.size(); ++i) w.nested[i] *= static_cast<float>(1 + i % 3);
+  const std::vector<float> x = random_normal(9 * K, 137), bias = random_normal(N, 139);
+  for (const DecodeScales scales : {DecodeScales::kU8, DecodeScales::kF32}) {
+    const NF4DecodeLayout L = nf4_build_decode_layout(w.m, DecodeLayoutKind::kVbmi, scales);
+    for (const int digits : {kTableDigitsExact, kTableDigitsInt16}) {
+      std::vector<float> one(9 * N);
+      for (int64_t m = 0; m < 9; ++m)
+        ASSERT_TRUE(nf4_decode_matmul(L, w.m.code, x.data() + m * K, 1, bias.data(), one.data() + m * N, digits));
+      for (const int64_t M : {2, 3, 4, 5, 9}) {
+        std::vector<float> y(M * N, NAN);
+        ASSERT_TRUE(nf4_decode_matmul(L, w.m.code, x.data(), M, bias.data(), y.data(), digits));
+        EXPECT_EQ(0, std::memcmp(y.data(), one.data(), y.size() * sizeof(float)))
+            << "M=" << M << " digits=" << digits << " u8=" << (scales == DecodeScales::kU8);
+      }
+    }
+  }
+  set_simd_level(cpu_features().best_level());
+}
+
 // Each thread builds its own tables and walks its share of the supergroups; called from inside a
 // parallel region (one share of all) or single-threaded, the product has the same bits.
 TEST(NF4DecodeLayout, SameBitsFromAnyThreadCount) {
