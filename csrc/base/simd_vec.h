@@ -2,7 +2,8 @@
 // from a file built with -mavx2 -mfma (after #define ECOM_SIMD_AVX2) or with the AVX-512 flags
 // (after #define ECOM_SIMD_AVX512). Everything has internal linkage, so the linker never hands one
 // ISA's build to code running on a CPU that lacks it. Used by nn/swiglu_simd.h,
-// nn/lora_kernels_simd.h, quant/nf4_kernels_simd.h and quant/amx_tiles_amx.cpp.
+// nn/lora_kernels_simd.h, quant/nf4_kernels_simd.h, quant/amx_tiles_amx.cpp, quant/bf16_pairs_avx512bf16.cpp
+// and quant/nf4_decode_layout_avx512vbmi.cpp.
 #pragma once
 
 #include <immintrin.h>

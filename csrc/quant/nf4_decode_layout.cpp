@@ -60,9 +60,9 @@ void prefetch_walk_start(const NF4DecodeLayout& L, int64_t g0, int64_t g1) {
   for (int64_t b0 = g0; b0 < g1 && left > 0;) {
     const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
     for (int64_t s = 0; s < L.cols / 64 && left > 0; ++s)
-      for (int64_t g = b0; g < b1 && left > 0; ++g, left -= L.segment_bytes) {
+      for (int64_t g = b0; g < b1 && left > 0; ++g, left -= L.segment_bytes()) {
         const char* segment = reinterpret_cast<const char*>(L.segment(g, s));
-        for (int64_t line = 0; line < L.segment_bytes; line += 64) _mm_prefetch(segment + line, _MM_HINT_T1);
+        for (int64_t line = 0; line < L.segment_bytes(); line += 64) _mm_prefetch(segment + line, _MM_HINT_T1);
       }
     b0 = b1;
   }
@@ -76,10 +76,17 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W) {
   return nf4_build_decode_layout(W, kind);
 }
 
+namespace {
+// log2 of the elements per nested block (blocksize and kNestedBlocksize are powers of 2).
+int nested_shift_of(const NF4Matrix& W) {
+  return std::countr_zero(static_cast<uint64_t>(W.blocksize * kNestedBlocksize));
+}
+}  // namespace
+
 bool nf4_decode_scales_u8_supported(const NF4Matrix& W) {
   if (!W.qabsmax || !nf4_decode_layout_supported(W)) return false;
   // The elements from a chunk's window start to its last row's segment: (2^shift - 1) + 15 K.
-  const int shift = std::countr_zero(static_cast<uint64_t>(W.blocksize * kNestedBlocksize));
+  const int shift = nested_shift_of(W);
   const int64_t span = (int64_t{1} << shift) - 1 + 15 * W.cols;
   return span < (int64_t{1} << 31) && (span >> shift) < kNestedWindow;
 }
@@ -105,11 +112,10 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kin
   L.kind = kind;
   L.block = kind == DecodeLayoutKind::kVbmi ? kVbmiSegmentBlock : 1;
   L.scales = scales;
-  L.segment_bytes = u8 ? kSegmentBytesU8 : kSegmentBytes;
   const int64_t K = W.cols, segments = K / 64, row_bytes = K / 2;
   if (u8) {
     L.offset = W.offset;
-    L.nested_shift = std::countr_zero(static_cast<uint64_t>(W.blocksize * kNestedBlocksize));
+    L.nested_shift = nested_shift_of(W);
     // Windows start at most at the nested scale of the padded last supergroup's rows.
     const int64_t nested_count = (W.num_blocks() + kNestedBlocksize - 1) / kNestedBlocksize;
     const int64_t reach = ((L.supergroups * kDecodeRows * K - 1) >> L.nested_shift) + 1;
@@ -123,7 +129,7 @@ NF4DecodeLayout nf4_build_decode_layout(const NF4Matrix& W, DecodeLayoutKind kin
       for (int64_t p = 0; p < 4; ++p) planes[256 * p + c] = static_cast<uint8_t>(bits >> (8 * p));
     }
   }
-  L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * L.segment_bytes), true);
+  L.data = AlignedBuffer::with_huge_pages(static_cast<size_t>(L.supergroups * segments * L.segment_bytes()), true);
   uint8_t* data = L.data.as<uint8_t>();
   parallel_for(0, L.supergroups, 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> row_scales;  // the blocks a row touches, decoded in one call (kF32)

@@ -14,7 +14,7 @@
 // Zen 4 (benchmarks/README.md has the figures).
 //
 // Layout, for rows in "supergroups" of 64 (the last one zero-padded), one contiguous run of
-// segment_bytes per supergroup and 64-column segment, so that one prefetch stream covers codes and
+// segment_bytes() per supergroup and 64-column segment, so that one prefetch stream covers codes and
 // scales (a separate scale stream measured a few % slower). Segments go in blocks of `block`
 // supergroups (kVbmi: kVbmiSegmentBlock = 8, the last block shorter; kAvx2: 1), segment-major within
 // a block: (g, s) at NF4DecodeLayout::segment_offset. The kVbmi walk takes segment s of each of a
@@ -95,8 +95,7 @@ struct NF4DecodeLayout {
   DecodeLayoutKind kind = DecodeLayoutKind::kVbmi;
   int64_t block = 1;   // supergroups per block of the segment order (above)
   DecodeScales scales = DecodeScales::kF32;
-  int64_t segment_bytes = kSegmentBytes;  // kSegmentBytes (kF32) or kSegmentBytesU8 (kU8)
-  AlignedBuffer data;  // supergroups * cols / 64 * segment_bytes
+  AlignedBuffer data;  // supergroups * cols / 64 * segment_bytes()
   // kU8 only, the second level of double quantization: nested absmax [ceil(blocks / 256)], then
   // zeros up to the padded rows' windows and kNestedWindow past them (a window may start at the
   // last entry); the map's byte planes [4][256]
@@ -106,11 +105,12 @@ struct NF4DecodeLayout {
   float offset = 0.0f;
   int nested_shift = 0;
   int64_t nbytes() const { return static_cast<int64_t>(data.size() + nested.size() + map_planes.size()); }
+  int64_t segment_bytes() const { return scales == DecodeScales::kU8 ? kSegmentBytesU8 : kSegmentBytes; }
   // Byte offset of segment s of supergroup g: blocks of `block` supergroups (the last one may be
   // shorter), each segment-major.
   int64_t segment_offset(int64_t g, int64_t s) const {
     const int64_t first = g / block * block, in_block = std::min(block, supergroups - first);
-    return (first * (cols / 64) + s * in_block + (g - first)) * segment_bytes;
+    return (first * (cols / 64) + s * in_block + (g - first)) * segment_bytes();
   }
   const uint8_t* segment(int64_t g, int64_t s) const { return data.as<uint8_t>() + segment_offset(g, s); }
 };

@@ -18,7 +18,9 @@
 #include <cstdint>
 #include <limits>
 
+#define ECOM_SIMD_AVX512
 #include "base/error.h"
+#include "base/simd_vec.h"
 #include "quant/nf4_decode_layout.h"
 
 namespace ecomllm::quant {
@@ -218,8 +220,7 @@ void store_block(const NF4DecodeLayout& L, const float (*totals)[kDecodeRows], i
     for (int64_t r = 0; r < kChunksPerOctet; ++r) {
       const int64_t first = g * kDecodeRows + r * 16;
       if (first >= L.rows) break;
-      const int64_t live_rows = std::min<int64_t>(16, L.rows - first);
-      const __mmask16 live = static_cast<__mmask16>(live_rows == 16 ? 0xffff : (1u << live_rows) - 1u);
+      const __mmask16 live = simd::lanes(L.rows - first);
       __m512 out = _mm512_load_ps(totals[g - b0] + r * 16);
       if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(live, bias + first));
       _mm512_mask_storeu_ps(y + first, live, out);
@@ -239,7 +240,7 @@ void decode_rows(const NF4DecodeLayout& L, const int8_t* tables, const float* xs
   alignas(64) float totals[kVbmiSegmentBlock][kDecodeRows];
   const SegmentScales segment_scales(L);
   SegmentScales::NestedCache nested_cache;
-  const int64_t scale_lines = (L.segment_bytes - kSegmentCodeBytes) / 64;
+  const int64_t scale_lines = (L.segment_bytes() - kSegmentCodeBytes) / 64;
   for (int64_t b0 = g0; b0 < g1;) {
     const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
     std::fill(&totals[0][0], &totals[0][0] + (b1 - b0) * kDecodeRows, 0.0f);
@@ -299,7 +300,7 @@ void decode_rows_multi(const NF4DecodeLayout& L, const int8_t* const* tables, co
   alignas(64) float totals[R][kVbmiSegmentBlock][kDecodeRows];
   const SegmentScales segment_scales(L);
   SegmentScales::NestedCache nested_cache;
-  const int64_t segment_lines = L.segment_bytes / 64;
+  const int64_t segment_lines = L.segment_bytes() / 64;
   for (int64_t b0 = g0; b0 < g1;) {
     const int64_t b1 = std::min(g1, (b0 / L.block + 1) * L.block);
     for (int m = 0; m < R; ++m) std::fill(&totals[m][0][0], &totals[m][0][0] + (b1 - b0) * kDecodeRows, 0.0f);

@@ -452,12 +452,12 @@ TEST(NF4DecodeLayout, SegmentsGoInBlocksOfSupergroups) {
   EXPECT_EQ(A.block, 1);
   for (const NF4DecodeLayout* L : {&U, &F}) {
     ASSERT_EQ(L->block, kVbmiSegmentBlock);
-    ASSERT_EQ(L->segment_bytes, L == &U ? kSegmentBytesU8 : kSegmentBytes);
-    ASSERT_EQ(static_cast<int64_t>(L->data.size()), L->supergroups * segments * L->segment_bytes);
+    ASSERT_EQ(L->segment_bytes(), L == &U ? kSegmentBytesU8 : kSegmentBytes);
+    ASSERT_EQ(static_cast<int64_t>(L->data.size()), L->supergroups * segments * L->segment_bytes());
     int64_t expected = 0;
     for (int64_t b0 = 0; b0 < L->supergroups; b0 += L->block)
       for (int64_t s = 0; s < segments; ++s)
-        for (int64_t g = b0; g < std::min(L->supergroups, b0 + L->block); ++g, expected += L->segment_bytes)
+        for (int64_t g = b0; g < std::min(L->supergroups, b0 + L->block); ++g, expected += L->segment_bytes())
           EXPECT_EQ(L->segment_offset(g, s), expected) << "g=" << g << " s=" << s;
     EXPECT_EQ(expected, static_cast<int64_t>(L->data.size()));
   }
