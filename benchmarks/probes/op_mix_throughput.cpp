@@ -8,7 +8,7 @@
 // Needs AVX-512 VBMI + VNNI. Each mix is inline asm over fixed registers (chain k: zmm k and zmm 1k,
 // i.e. 10 + k; the kernel's chunk: zmm0-23; constants zmm25-31), so the compiler can neither drop
 // nor reorder the work; all vector registers are declared clobbered. Results are in
-// benchmarks/README.md ("sixth session").
+// benchmarks/README.md ("sixth session"; the two 7-bit digit mixes: "eighth session").
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -79,8 +79,60 @@ double ticks_per_set(Loop loop) {
   "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A2 "\n\t"
 #define FOUR_CHUNKS                                                      \
   CHUNK(0, 1, 2, 3, 4, 5) CHUNK(6, 7, 8, 9, 10, 11) CHUNK(12, 13, 14, 15, 16, 17) CHUNK(18, 19, 20, 21, 22, 23)
+// The same chunk with 7-bit digits: the two nibbles' lookups of a digit added bytewise (a sum of
+// two 7-bit fields fits a byte), then one digit sum per digit: 6 vpermb, 3 vpaddb, 3 vpdpbusd.
+#define CHUNK7(LO, HI, TMP, A0, A1, A2)                                  \
+  "vmovdqa64 (%[codes]), %%zmm" #LO "\n\t"                              \
+  "vpsrlw $4, %%zmm" #LO ", %%zmm" #HI "\n\t"                           \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #HI "\n\t"                \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"                \
+  "vpermb %%zmm28, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpermb %%zmm29, %%zmm" #LO ", %%zmm24\n\t"                          \
+  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
+  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A0 "\n\t"                   \
+  "vpermb %%zmm30, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpermb %%zmm28, %%zmm" #LO ", %%zmm24\n\t"                          \
+  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
+  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A1 "\n\t"                   \
+  "vpermb %%zmm29, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpermb %%zmm30, %%zmm" #LO ", %%zmm24\n\t"                          \
+  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
+  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A2 "\n\t"
+// 8-bit low digits as the kernel, only the top digit 7-bit: its two nibbles' lookups added
+// bytewise: 6 vpermb, 1 vpaddb, 5 vpdpbusd.
+#define CHUNK_TOP7(LO, HI, TMP, A0, A1, A2)                              \
+  "vmovdqa64 (%[codes]), %%zmm" #LO "\n\t"                              \
+  "vpsrlw $4, %%zmm" #LO ", %%zmm" #HI "\n\t"                           \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #HI "\n\t"                \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"                \
+  "vpermb %%zmm28, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
+  "vpermb %%zmm29, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
+  "vpermb %%zmm30, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
+  "vpermb %%zmm28, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
+  "vpermb %%zmm29, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
+  "vpermb %%zmm30, %%zmm" #LO ", %%zmm24\n\t"                          \
+  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
+  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A2 "\n\t"
+#define FOUR_CHUNKS_TOP7                                                 \
+  CHUNK_TOP7(0, 1, 2, 3, 4, 5) CHUNK_TOP7(6, 7, 8, 9, 10, 11) CHUNK_TOP7(12, 13, 14, 15, 16, 17) CHUNK_TOP7(18, 19, 20, 21, 22, 23)
+#define FOUR_CHUNKS7                                                     \
+  CHUNK7(0, 1, 2, 3, 4, 5) CHUNK7(6, 7, 8, 9, 10, 11) CHUNK7(12, 13, 14, 15, 16, 17) CHUNK7(18, 19, 20, 21, 22, 23)
 
 alignas(64) static uint8_t chunk_codes[64];
+
+// One of the chunk mixes above, 4 chunks per set.
+#define CHUNK_MIX(name, FOUR)                                                                         \
+  {                                                                                                   \
+    const double t = ticks_per_set([] {                                                               \
+      for (long i = 0; i < kIterations; ++i) asm volatile(FOUR::[codes] "r"(chunk_codes) : "memory", CLOBBERS); \
+    }) * 8 / 4; /* ticks_per_set divides by 8 sets; this loop runs 4 chunks */                       \
+    std::printf("%-58s %5.2f ticks  %5.2f FMA  -> %.1f GB/s for 2 cores at %.3f GHz TSC\n", name, t, t / unit, \
+                2 * 64 / t * kTscGhz, kTscGhz);                                                       \
+  }
 
 int main() {
   double unit = 0;
@@ -92,14 +144,8 @@ int main() {
   MIX("vpermb + vpaddb (a lookup and the cheapest byte sum)", PERMB_ADDB)
   MIX("vpermb + vpaddd", PERMB_ADDD)
   MIX("vpermb + vpternlogd", PERMB_TERNLOG)
-  {
-    const double t = ticks_per_set([] {
-      for (long i = 0; i < kIterations; ++i)
-        asm volatile(FOUR_CHUNKS::[codes] "r"(chunk_codes) : "memory", CLOBBERS);
-    }) * 8 / 4;  // ticks_per_set divides by 8 sets; this loop runs 4 chunks
-    std::printf("%-58s %5.2f ticks  %5.2f FMA  -> %.1f GB/s for 2 cores at %.3f GHz TSC\n",
-                "the kernel's chunk: load, 3 index ops, 6 vpermb, 6 vpdpbusd", t, t / unit,
-                2 * 64 / t * kTscGhz, kTscGhz);
-  }
+  CHUNK_MIX("the kernel's chunk: load, 3 index ops, 6 vpermb, 6 vpdpbusd", FOUR_CHUNKS)
+  CHUNK_MIX("7-bit digits: 6 vpermb, 3 vpaddb, 3 vpdpbusd", FOUR_CHUNKS7)
+  CHUNK_MIX("7-bit top digit: 6 vpermb, 1 vpaddb, 5 vpdpbusd", FOUR_CHUNKS_TOP7)
   return 0;
 }
