@@ -8,7 +8,8 @@
 // Needs AVX-512 VBMI + VNNI. Each mix is inline asm over fixed registers (chain k: zmm k and zmm 1k,
 // i.e. 10 + k; the kernel's chunk: zmm0-23; constants zmm25-31), so the compiler can neither drop
 // nor reorder the work; all vector registers are declared clobbered. Results are in
-// benchmarks/README.md ("sixth session"; the two 7-bit digit mixes: "eighth session").
+// benchmarks/README.md ("sixth session"; the two 7-bit digit mixes and the AVX2 octet: "eighth
+// session").
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -123,6 +124,31 @@ double ticks_per_set(Loop loop) {
   CHUNK7(0, 1, 2, 3, 4, 5) CHUNK7(6, 7, 8, 9, 10, 11) CHUNK7(12, 13, 14, 15, 16, 17) CHUNK7(18, 19, 20, 21, 22, 23)
 
 alignas(64) static uint8_t chunk_codes[64];
+alignas(64) static uint8_t avx2_tables[512];
+
+// The AVX2 kernel's octet (csrc/quant/nf4_decode_layout_avx2.cpp: 128 weights, 16 ymm registers):
+// 2 code loads, 6 index ops, then per 6-bit digit 4 table loads, 4 vpshufb, 3 vpaddb and the
+// carry into 16-bit lanes (acc_w += s, s >>= 8, acc_h += s). Index vectors in ymm0-3, the
+// accumulators of the 4 digits in ymm8-14 and 5 (as registers, unlike GCC's build: see
+// benchmarks/README.md, "eighth session"), the nibble mask in ymm15.
+#define AVX2_DIGIT(OFF, S, T, AW, AH)                                                              \
+  "vmovdqa " #OFF "+0(%[tables]), %%ymm" #S "\n\t vpshufb %%ymm0, %%ymm" #S ", %%ymm" #S "\n\t"     \
+  "vmovdqa " #OFF "+32(%[tables]), %%ymm" #T "\n\t vpshufb %%ymm1, %%ymm" #T ", %%ymm" #T "\n\t"    \
+  "vpaddb %%ymm" #T ", %%ymm" #S ", %%ymm" #S "\n\t"                                               \
+  "vmovdqa " #OFF "+64(%[tables]), %%ymm" #T "\n\t vpshufb %%ymm2, %%ymm" #T ", %%ymm" #T "\n\t"    \
+  "vpaddb %%ymm" #T ", %%ymm" #S ", %%ymm" #S "\n\t"                                               \
+  "vmovdqa " #OFF "+96(%[tables]), %%ymm" #T "\n\t vpshufb %%ymm3, %%ymm" #T ", %%ymm" #T "\n\t"    \
+  "vpaddb %%ymm" #T ", %%ymm" #S ", %%ymm" #S "\n\t"                                               \
+  "vpaddw %%ymm" #S ", %%ymm" #AW ", %%ymm" #AW "\n\t vpsrlw $8, %%ymm" #S ", %%ymm" #S "\n\t"       \
+  "vpaddw %%ymm" #S ", %%ymm" #AH ", %%ymm" #AH "\n\t"
+#define AVX2_OCTET                                                                                  \
+  "vmovdqa (%[codes]), %%ymm1\n\t vmovdqa 32(%[codes]), %%ymm3\n\t"                                \
+  "vpsrlw $4, %%ymm1, %%ymm0\n\t vpsrlw $4, %%ymm3, %%ymm2\n\t"                                    \
+  "vpand %%ymm15, %%ymm0, %%ymm0\n\t vpand %%ymm15, %%ymm1, %%ymm1\n\t"                            \
+  "vpand %%ymm15, %%ymm2, %%ymm2\n\t vpand %%ymm15, %%ymm3, %%ymm3\n\t"                            \
+  AVX2_DIGIT(0, 4, 6, 8, 9) AVX2_DIGIT(128, 7, 6, 10, 11) AVX2_DIGIT(256, 4, 6, 12, 13)            \
+  AVX2_DIGIT(384, 7, 6, 14, 5)
+
 
 // One of the chunk mixes above, 4 chunks per set.
 #define CHUNK_MIX(name, FOUR)                                                                         \
@@ -147,5 +173,14 @@ int main() {
   CHUNK_MIX("the kernel's chunk: load, 3 index ops, 6 vpermb, 6 vpdpbusd", FOUR_CHUNKS)
   CHUNK_MIX("7-bit digits: 6 vpermb, 3 vpaddb, 3 vpdpbusd", FOUR_CHUNKS7)
   CHUNK_MIX("7-bit top digit: 6 vpermb, 1 vpaddb, 5 vpdpbusd", FOUR_CHUNKS_TOP7)
+  {
+    const double t = ticks_per_set([] {
+      for (long i = 0; i < kIterations; ++i)
+        asm volatile(AVX2_OCTET AVX2_OCTET AVX2_OCTET AVX2_OCTET::[codes] "r"(chunk_codes), [tables] "r"(avx2_tables)
+                     : "memory", CLOBBERS);
+    }) * 8 / 4;  // per octet (128 weights, as a VBMI chunk)
+    std::printf("%-58s %5.2f ticks  %5.2f FMA  -> %.1f GB/s for 2 cores at %.3f GHz TSC\n",
+                "AVX2 octet: 18 loads, 16 vpshufb, 12 vpaddb, 18 other", t, t / unit, 2 * 64 / t * kTscGhz, kTscGhz);
+  }
   return 0;
 }
