@@ -59,69 +59,43 @@ double ticks_per_set(Loop loop) {
 #define PERMB_ADDD(k) PERMB(k) "vpaddd %%zmm" #k ", %%zmm1" #k ", %%zmm1" #k "\n\t"
 #define PERMB_TERNLOG(k) PERMB(k) "vpternlogd $0xEA, %%zmm" #k ", %%zmm31, %%zmm1" #k "\n\t"
 // The kernel's whole 64-byte chunk, 4 chunks in flight as in its octet loop (registers: lo, hi, a
-// scratch and 3 digit accumulators per chunk): the code load, the index preparation (the high
-// nibbles shifted down, each index's byte position or-ed in), 6 lookups, 6 digit sums.
-#define CHUNK(LO, HI, TMP, A0, A1, A2)                                   \
+// scratch and 3 digit accumulators per chunk; tables in zmm28-30, ones in zmm31): the code load,
+// the index preparation (the high nibbles shifted down, each index's byte position or-ed in), then
+// per digit two lookups (the high nibbles' table, the low nibbles') and their digit sums.
+#define CHUNK_INDEX(LO, HI)                                              \
   "vmovdqa64 (%[codes]), %%zmm" #LO "\n\t"                              \
   "vpsrlw $4, %%zmm" #LO ", %%zmm" #HI "\n\t"                           \
   "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #HI "\n\t"                \
-  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"                \
-  "vpermb %%zmm28, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
-  "vpermb %%zmm29, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
-  "vpermb %%zmm30, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
-  "vpermb %%zmm28, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
-  "vpermb %%zmm29, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A2 "\n\t"                   \
-  "vpermb %%zmm30, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A2 "\n\t"
-#define FOUR_CHUNKS                                                      \
-  CHUNK(0, 1, 2, 3, 4, 5) CHUNK(6, 7, 8, 9, 10, 11) CHUNK(12, 13, 14, 15, 16, 17) CHUNK(18, 19, 20, 21, 22, 23)
-// The same chunk with 7-bit digits: the two nibbles' lookups of a digit added bytewise (a sum of
-// two 7-bit fields fits a byte), then one digit sum per digit: 6 vpermb, 3 vpaddb, 3 vpdpbusd.
-#define CHUNK7(LO, HI, TMP, A0, A1, A2)                                  \
-  "vmovdqa64 (%[codes]), %%zmm" #LO "\n\t"                              \
-  "vpsrlw $4, %%zmm" #LO ", %%zmm" #HI "\n\t"                           \
-  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #HI "\n\t"                \
-  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"                \
-  "vpermb %%zmm28, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpermb %%zmm29, %%zmm" #LO ", %%zmm24\n\t"                          \
+  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"
+// A digit as the kernel sums it: one vpdpbusd per lookup.
+#define DIGIT_SUMS(TH, TL, LO, HI, TMP, A)                               \
+  "vpermb %%zmm" #TH ", %%zmm" #HI ", %%zmm" #TMP "\n\t"                \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A "\n\t"                    \
+  "vpermb %%zmm" #TL ", %%zmm" #LO ", %%zmm" #TMP "\n\t"                \
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A "\n\t"
+// A 7-bit digit: the two lookups added bytewise first (two 7-bit fields fit a byte), then one sum.
+#define DIGIT_PAIRED(TH, TL, LO, HI, TMP, A)                             \
+  "vpermb %%zmm" #TH ", %%zmm" #HI ", %%zmm" #TMP "\n\t"                \
+  "vpermb %%zmm" #TL ", %%zmm" #LO ", %%zmm24\n\t"                     \
   "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
-  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A0 "\n\t"                   \
-  "vpermb %%zmm30, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpermb %%zmm28, %%zmm" #LO ", %%zmm24\n\t"                          \
-  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
-  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A1 "\n\t"                   \
-  "vpermb %%zmm29, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpermb %%zmm30, %%zmm" #LO ", %%zmm24\n\t"                          \
-  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
-  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A2 "\n\t"
-// 8-bit low digits as the kernel, only the top digit 7-bit: its two nibbles' lookups added
-// bytewise: 6 vpermb, 1 vpaddb, 5 vpdpbusd.
-#define CHUNK_TOP7(LO, HI, TMP, A0, A1, A2)                              \
-  "vmovdqa64 (%[codes]), %%zmm" #LO "\n\t"                              \
-  "vpsrlw $4, %%zmm" #LO ", %%zmm" #HI "\n\t"                           \
-  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #HI "\n\t"                \
-  "vpternlogd $0xEA, %%zmm25, %%zmm26, %%zmm" #LO "\n\t"                \
-  "vpermb %%zmm28, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
-  "vpermb %%zmm29, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A0 "\n\t"                   \
-  "vpermb %%zmm30, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
-  "vpermb %%zmm28, %%zmm" #LO ", %%zmm" #TMP "\n\t"                     \
-  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A1 "\n\t"                   \
-  "vpermb %%zmm29, %%zmm" #HI ", %%zmm" #TMP "\n\t"                     \
-  "vpermb %%zmm30, %%zmm" #LO ", %%zmm24\n\t"                          \
-  "vpaddb %%zmm24, %%zmm" #TMP ", %%zmm" #TMP "\n\t"                    \
-  "vpdpbusd %%zmm31, %%zmm" #TMP ", %%zmm" #A2 "\n\t"
-#define FOUR_CHUNKS_TOP7                                                 \
-  CHUNK_TOP7(0, 1, 2, 3, 4, 5) CHUNK_TOP7(6, 7, 8, 9, 10, 11) CHUNK_TOP7(12, 13, 14, 15, 16, 17) CHUNK_TOP7(18, 19, 20, 21, 22, 23)
-#define FOUR_CHUNKS7                                                     \
-  CHUNK7(0, 1, 2, 3, 4, 5) CHUNK7(6, 7, 8, 9, 10, 11) CHUNK7(12, 13, 14, 15, 16, 17) CHUNK7(18, 19, 20, 21, 22, 23)
+  "vpdpbusd %%zmm" #TMP ", %%zmm31, %%zmm" #A "\n\t"
+// The kernel's chunk: 6 vpermb, 6 vpdpbusd.
+#define CHUNK(LO, HI, TMP, A0, A1, A2)                                                       \
+  CHUNK_INDEX(LO, HI) DIGIT_SUMS(28, 29, LO, HI, TMP, A0) DIGIT_SUMS(30, 28, LO, HI, TMP, A1) \
+  DIGIT_SUMS(29, 30, LO, HI, TMP, A2)
+// All three digits 7-bit: 6 vpermb, 3 vpaddb, 3 vpdpbusd.
+#define CHUNK7(LO, HI, TMP, A0, A1, A2)                                                          \
+  CHUNK_INDEX(LO, HI) DIGIT_PAIRED(28, 29, LO, HI, TMP, A0) DIGIT_PAIRED(30, 28, LO, HI, TMP, A1) \
+  DIGIT_PAIRED(29, 30, LO, HI, TMP, A2)
+// 8-bit low digits as the kernel, only the top digit 7-bit: 6 vpermb, 1 vpaddb, 5 vpdpbusd.
+#define CHUNK_TOP7(LO, HI, TMP, A0, A1, A2)                                                    \
+  CHUNK_INDEX(LO, HI) DIGIT_SUMS(28, 29, LO, HI, TMP, A0) DIGIT_SUMS(30, 28, LO, HI, TMP, A1) \
+  DIGIT_PAIRED(29, 30, LO, HI, TMP, A2)
+// Four chunks of one of these shapes in flight (zmm0-23).
+#define FOUR(CH) CH(0, 1, 2, 3, 4, 5) CH(6, 7, 8, 9, 10, 11) CH(12, 13, 14, 15, 16, 17) CH(18, 19, 20, 21, 22, 23)
+#define FOUR_CHUNKS FOUR(CHUNK)
+#define FOUR_CHUNKS7 FOUR(CHUNK7)
+#define FOUR_CHUNKS_TOP7 FOUR(CHUNK_TOP7)
 
 alignas(64) static uint8_t chunk_codes[64];
 alignas(64) static uint8_t avx2_tables[512];
